@@ -1,0 +1,13 @@
+"""bermo-prune: pruning BERT and BERMo (BERT with an ELMo-style scalar mix of all layers)."""
+
+from transformers import AutoConfig, AutoModelForSequenceClassification
+
+from bermo_prune.errors import BermoPruneError
+from bermo_prune.models import BermoConfig, BermoForSequenceClassification, load_classifier
+
+__version__ = "0.1.0"
+
+AutoConfig.register(BermoConfig.model_type, BermoConfig, exist_ok=True)
+AutoModelForSequenceClassification.register(BermoConfig, BermoForSequenceClassification, exist_ok=True)
+
+__all__ = ["BermoConfig", "BermoForSequenceClassification", "BermoPruneError", "load_classifier", "__version__"]

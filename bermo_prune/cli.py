@@ -1,0 +1,254 @@
+"""The ``bermo-prune`` command: parse options, call :mod:`bermo_prune.runs`, render with rich."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from bermo_prune.errors import BermoPruneError
+
+console = Console()
+err_console = Console(stderr=True)
+
+ARCH_CHOICE = click.Choice(["bert", "bermo"])
+
+
+class UserError(click.ClickException):
+    exit_code = 2
+
+
+class BermoGroup(click.Group):
+    """Turns a BermoPruneError anywhere below into one line on stderr and exit code 2."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except BermoPruneError as exc:
+            raise UserError(str(exc)) from None
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import datasets
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+
+
+@click.group(cls=BermoGroup)
+@click.version_option(package_name="bermo-prune")
+def main():
+    """Prune BERT and BERMo (BERT + ELMo-style scalar mix) and measure what it costs."""
+    _quiet_libraries()
+
+
+def data_option(f):
+    return click.option(
+        "--data",
+        "data_dir",
+        type=click.Path(exists=True, file_okay=False),
+        default=None,
+        help="GLUE data in the original TSV layout (e.g. ../shared/data/glue). Default: $BERMO_PRUNE_DATA, "
+        "then the bundled SST-2, then the hub.",
+    )(f)
+
+
+def task_option(f):
+    return click.option("--task", default="sst2", show_default=True, help="sst2, cola, mrpc, rte or stsb.")(f)
+
+
+def out_options(f):
+    f = click.option("--overwrite", is_flag=True, help="Replace an existing output directory.")(f)
+    return click.option("--out", required=True, type=click.Path(), help="Output directory (written atomically).")(f)
+
+
+@main.command()
+@click.option("--model", "checkpoint", default="minilm-l6", show_default=True, help="Local dir, hub id, or alias.")
+@click.option("--arch", type=ARCH_CHOICE, default="bert", show_default=True)
+@task_option
+@data_option
+@click.option("--epochs", type=click.FloatRange(min=0, min_open=True), default=3.0, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=5e-5, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--max-length", type=click.IntRange(8, 512), default=64, show_default=True)
+@click.option("--max-train-samples", type=click.IntRange(min=1), default=None, help="Deterministic subsample by seed.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@out_options
+def finetune(checkpoint, arch, task, data_dir, epochs, lr, batch_size, max_length, max_train_samples, seed, out, overwrite):
+    """Dense fine-tuning of BERT or BERMo; saves the checkpoint and metrics.json."""
+    from bermo_prune import runs
+    from bermo_prune.recipes import TrainingSpec
+
+    training = TrainingSpec(
+        epochs=epochs, learning_rate=lr, batch_size=batch_size, max_length=max_length, max_train_samples=max_train_samples
+    )
+    report = runs.finetune(checkpoint, arch, task, out, training, seed=seed, data_dir=data_dir, overwrite=overwrite)
+    _print_run_table([report])
+    console.print(f"saved to [bold]{out}[/]")
+
+
+@main.command(name="prune")
+@click.argument("checkpoint")
+@click.option("--recipe", "recipe_path", required=True, help="Recipe YAML file, or the name of a bundled recipe.")
+@click.option("--arch", type=ARCH_CHOICE, default=None, help="Default: the checkpoint's own arch.")
+@task_option
+@data_option
+@click.option("--target-sparsity", type=float, default=None, help="Override the recipe's target sparsity.")
+@click.option("--epochs", type=float, default=None, help="Override training.epochs.")
+@click.option("--max-train-samples", type=int, default=None, help="Override training.max_train_samples.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@out_options
+def prune_command(checkpoint, recipe_path, arch, task, data_dir, target_sparsity, epochs, max_train_samples, seed, out, overwrite):
+    """Fine-tune with pruning per a recipe; saves a plain checkpoint with real zeros and pruning_report.json."""
+    from bermo_prune import runs
+    from bermo_prune.recipes import load_recipe, resolve_recipe
+
+    overrides = {
+        key: value
+        for key, value in {
+            "target_sparsity": target_sparsity,
+            "training.epochs": epochs,
+            "training.max_train_samples": max_train_samples,
+        }.items()
+        if value is not None
+    }
+    recipe = load_recipe(resolve_recipe(recipe_path), overrides)
+    report = runs.prune(checkpoint, recipe, task, out, arch=arch, seed=seed, data_dir=data_dir, overwrite=overwrite)
+    _print_run_table([report])
+    if report["status"] != "ok":
+        err_console.print(f"[bold red]diverged[/]: {report['reason']}")
+    console.print(f"saved to [bold]{out}[/]")
+
+
+@main.command()
+@click.argument("checkpoint")
+@task_option
+@data_option
+@click.option("--max-length", type=click.IntRange(8, 512), default=128, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def evaluate(checkpoint, task, data_dir, max_length, as_json):
+    """Evaluate a checkpoint on the task's dev split."""
+    from bermo_prune import runs
+
+    result = runs.evaluate(checkpoint, task, data_dir=data_dir, max_length=max_length)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    table = Table(title=f"{result['task']} dev ({result['examples']} examples)")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in result.items():
+        if isinstance(value, float):
+            table.add_row(key, f"{value:.4f}")
+    console.print(table)
+
+
+@main.command()
+@click.argument("checkpoint")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+def inspect(checkpoint, as_json):
+    """Parameter counts, per-layer sparsity and, for BERMo, the learned layer weights."""
+    from bermo_prune import runs
+
+    info = runs.inspect(checkpoint)
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    sparsity = info["sparsity"]
+    console.print(
+        f"[bold]{info['checkpoint']}[/] ({info['arch']}): {info['parameters']:,} parameters, "
+        f"{info['nonzero_parameters']:,} non-zero; encoder sparsity {sparsity['encoder']:.2%}, "
+        f"encoder Linear weights {sparsity['targeted']:.2%}"
+    )
+    table = Table(title="per-layer sparsity")
+    table.add_column("module")
+    table.add_column("sparsity", justify="right")
+    for name, value in sparsity["per_layer"].items():
+        table.add_row(name, f"{value:.2%}")
+    console.print(table)
+    if "layer_weights" in info:
+        mix = Table(title=f"BERMo layer weights (gamma = {info['gamma']:.4f})")
+        mix.add_column("state")
+        mix.add_column("weight", justify="right")
+        first = 0 if info["mix_embeddings"] else 1
+        for i, weight in enumerate(info["layer_weights"], start=first):
+            mix.add_row("embeddings" if i == 0 else f"layer {i}", f"{weight:.4f}")
+        console.print(mix)
+
+
+@main.command()
+def pruners():
+    """List the available pruners (built-in and from the bermo_prune.pruners entry points)."""
+    from bermo_prune.pruning.registry import available_pruners
+
+    table = Table(title="pruners")
+    table.add_column("name")
+    table.add_column("class")
+    table.add_column("options")
+    for name, cls in available_pruners().items():
+        table.add_row(name, f"{cls.__module__}.{cls.__qualname__}", ", ".join(cls.Options.model_fields) or "-")
+    console.print(table)
+
+
+@main.group(cls=BermoGroup)
+def recipe():
+    """Check and plot recipe files."""
+
+
+@recipe.command("check")
+@click.argument("path")
+def recipe_check(path):
+    """Validate a recipe; prints a summary or a one-line error."""
+    from bermo_prune.recipes import load_recipe, resolve_recipe
+
+    r = load_recipe(resolve_recipe(path))
+    s = r.schedule
+    console.print(
+        f"[green]ok[/] {path}: {r.pruner.name} to {r.target_sparsity:.0%} ({r.scope}), {s.shape} schedule "
+        f"over {s.start:.0%}-{s.end:.0%} of training, update every {s.update_every} steps; "
+        f"{r.training.epochs:g} epochs, lr {r.training.learning_rate:g}, bs {r.training.batch_size}"
+    )
+
+
+@recipe.command("plot")
+@click.argument("path")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="PNG file to write.")
+@click.option("--steps", type=click.IntRange(min=1), default=1000, show_default=True, help="Total training steps to draw.")
+def recipe_plot(path, output, steps):
+    """Plot sparsity (and lambda) against step."""
+    from bermo_prune.recipes import load_recipe, plot_recipe, resolve_recipe
+
+    plot_recipe(load_recipe(resolve_recipe(path)), steps, output)
+    console.print(f"wrote {output}")
+
+
+def _print_run_table(reports: list[dict]) -> None:
+    table = Table(title="dev results")
+    for column in ("arch", "pruner", "target", "sparsity", "metric", "status", "steps", "ex/s"):
+        table.add_column(column, justify="left" if column in ("arch", "pruner", "status") else "right")
+    for r in reports:
+        main_value = r["metrics"].get(r["main_metric"])
+        table.add_row(
+            r["arch"],
+            r["pruner"] or "dense",
+            f"{r['target_sparsity']:.0%}",
+            f"{r['sparsity']['targeted']:.2%}",
+            f"{r['main_metric']} {main_value:.4f}" if main_value is not None else "-",
+            r["status"] if r["status"] == "ok" else f"[red]{r['status']}[/]",
+            str(r["steps"]),
+            f"{r['train_examples_per_s']:.0f}",
+        )
+    console.print(table)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

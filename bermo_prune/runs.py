@@ -1,0 +1,143 @@
+"""The jobs behind the CLI commands, usable from Python: fine-tune, prune, evaluate, inspect."""
+
+from __future__ import annotations
+
+import platform
+import shutil
+from pathlib import Path
+
+import torch
+import transformers
+
+import bermo_prune
+from bermo_prune.data import compute_metrics, get_task, load_split, tokenize_dataset
+from bermo_prune.io import staged_output, write_json_atomic
+from bermo_prune.models import load_classifier
+from bermo_prune.pruning.masks import select_modules, sparsity_report
+from bermo_prune.pruning.registry import get_pruner_class
+from bermo_prune.recipes import DEFAULT_INCLUDE, Recipe, TrainingSpec, recipe_to_dict
+from bermo_prune.train import train_and_evaluate
+
+
+def environment() -> dict:
+    return {
+        "bermo_prune": bermo_prune.__version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def finetune(
+    checkpoint: str,
+    arch: str | None,
+    task: str,
+    out: str | Path,
+    training: TrainingSpec,
+    *,
+    seed: int = 0,
+    data_dir: str | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    save_model: bool = True,
+) -> dict:
+    """Dense fine-tuning; writes the checkpoint and ``metrics.json`` into ``out``."""
+    return _run(checkpoint, arch, task, out, training, None, seed, data_dir, overwrite, progress, save_model, "metrics.json")
+
+
+def prune(
+    checkpoint: str,
+    recipe: Recipe,
+    task: str,
+    out: str | Path,
+    *,
+    arch: str | None = None,
+    seed: int = 0,
+    data_dir: str | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    save_model: bool = True,
+) -> dict:
+    """Fine-tune with pruning per ``recipe``; writes the finalised checkpoint and ``pruning_report.json``."""
+    return _run(checkpoint, arch, task, out, recipe.training, recipe, seed, data_dir, overwrite, progress, save_model, "pruning_report.json")
+
+
+def _run(checkpoint, arch, task, out, training, recipe, seed, data_dir, overwrite, progress, save_model, report_name):
+    spec = get_task(task)
+    with staged_output(out, overwrite) as stage:
+        torch.manual_seed(seed)
+        model, tokenizer = load_classifier(checkpoint, arch, num_labels=spec.num_labels)
+        arch = model.config.model_type
+        pruner = get_pruner_class(recipe.pruner.name)(recipe) if recipe is not None else None
+        label = f"{arch} {recipe.pruner.name} {recipe.target_sparsity:.0%}" if recipe else f"{arch} dense"
+        result = train_and_evaluate(
+            model,
+            tokenizer,
+            spec.name,
+            training,
+            stage,
+            seed=seed,
+            data_dir=data_dir,
+            pruner=pruner,
+            divergence=recipe.divergence if recipe is not None else None,
+            progress=progress,
+            description=label,
+        )
+        shutil.rmtree(stage / "trainer", ignore_errors=True)
+        report = {
+            "checkpoint": str(checkpoint),
+            "arch": arch,
+            "task": spec.name,
+            "seed": seed,
+            "pruner": recipe.pruner.name if recipe else None,
+            "target_sparsity": recipe.target_sparsity if recipe else 0.0,
+            "recipe": recipe_to_dict(recipe) if recipe else None,
+            "training": training.model_dump(),
+            "environment": environment(),
+            **result.to_dict(),
+        }
+        if save_model:
+            model.save_pretrained(stage)
+            tokenizer.save_pretrained(stage)
+        write_json_atomic(stage / report_name, report)
+    return report
+
+
+def evaluate(checkpoint: str, task: str, *, data_dir: str | None = None, max_length: int = 128, batch_size: int = 64) -> dict:
+    spec = get_task(task)
+    model, tokenizer = load_classifier(checkpoint, None, num_labels=spec.num_labels)
+    dev = tokenize_dataset(load_split(spec.name, "dev", data_dir), tokenizer, spec.name, max_length)
+    from transformers import DataCollatorWithPadding
+
+    collate = DataCollatorWithPadding(tokenizer)
+    model.eval()
+    logits, labels = [], []
+    with torch.inference_mode():
+        for start in range(0, len(dev), batch_size):
+            batch = collate([dev[i] for i in range(start, min(start + batch_size, len(dev)))])
+            labels.append(batch.pop("labels"))
+            batch.pop("length", None)
+            logits.append(model(**batch).logits)
+    metrics = compute_metrics(spec.name, torch.cat(logits).numpy(), torch.cat(labels).numpy())
+    return {"checkpoint": str(checkpoint), "task": spec.name, "arch": model.config.model_type, "examples": len(dev), **metrics}
+
+
+def inspect(checkpoint: str) -> dict:
+    model, _ = load_classifier(checkpoint, None, num_labels=None)
+    total = sum(p.numel() for p in model.parameters())
+    nonzero = sum(int((p != 0).sum()) for p in model.parameters())
+    targets = select_modules(model, [DEFAULT_INCLUDE])
+    info = {
+        "checkpoint": str(checkpoint),
+        "arch": model.config.model_type,
+        "num_labels": model.config.num_labels,
+        "parameters": total,
+        "nonzero_parameters": nonzero,
+        "sparsity": sparsity_report(model, targets),
+    }
+    if hasattr(model, "scalar_mix"):
+        info["layer_weights"] = model.layer_weights()
+        info["gamma"] = float(model.scalar_mix.gamma)
+        info["mix_embeddings"] = model.config.bermo_mix_embeddings
+    return info

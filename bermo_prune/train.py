@@ -1,0 +1,294 @@
+"""Fine-tuning with the HF Trainer, with an optional pruner riding along as a callback.
+
+Data flows one way: recipe -> pruner -> PruningCallback (masks every step) -> finalize ->
+checkpoint + report. Dense fine-tuning is the same run without a pruner.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
+
+from bermo_prune.data import compute_metrics, get_task, load_split, subsample, tokenize_dataset
+from bermo_prune.pruning.masks import sparsity_report, select_modules
+from bermo_prune.recipes import DEFAULT_INCLUDE, DivergenceSpec, TrainingSpec
+
+LOG_EVERY = 10
+
+
+@dataclass
+class DivergenceGuard:
+    """Notices a non-finite loss as soon as it happens so the run stops cleanly."""
+
+    spec: DivergenceSpec
+    reason: str | None = None
+
+    def check_loss(self, loss: torch.Tensor, step: int) -> None:
+        if self.reason is None and not torch.isfinite(loss.detach()).all():
+            self.reason = f"non-finite loss at step {step}"
+
+    def check_predictions(self, task, predictions: np.ndarray, metric: float | None) -> None:
+        if self.reason is not None:
+            return
+        if not task.is_regression and len(predictions):
+            counts = np.bincount(predictions.argmax(-1), minlength=task.num_labels)
+            share = counts.max() / counts.sum()
+            if share >= self.spec.collapse_fraction:
+                self.reason = f"predictions collapsed: {share:.1%} of dev examples in class {counts.argmax()}"
+                return
+        if metric is None or not math.isfinite(metric):
+            self.reason = "dev metric is not finite"
+        elif self.spec.min_metric is not None and metric < self.spec.min_metric:
+            self.reason = f"dev metric {metric:.4f} below the recipe's min_metric {self.spec.min_metric}"
+
+
+class PruningTrainer(Trainer):
+    """Adds the pruner's loss term and optimizer groups, and watches the loss for divergence."""
+
+    def __init__(self, *args, pruner=None, guard: DivergenceGuard, mix_learning_rate: float, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.mix_learning_rate = mix_learning_rate
+        self.pruner = pruner
+        self.guard = guard
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        if self.pruner is not None and model.training:
+            extra = self.pruner.penalty()
+            if extra is not None:
+                loss = loss + extra
+        if model.training:
+            self.guard.check_loss(loss, self.state.global_step)
+        return (loss, outputs) if return_outputs else loss
+
+    def create_optimizer(self, model=None):
+        optimizer = super().create_optimizer(model)
+        groups = self.pruner.param_groups() if self.pruner is not None else []
+        mix = [p for n, p in self.model.named_parameters() if n.startswith("scalar_mix.")]
+        if mix:  # a handful of scalars: at the encoder's lr they would barely leave uniform
+            groups = groups + [{"params": mix, "lr": self.mix_learning_rate, "weight_decay": 0.0}]
+        own = {id(p) for g in groups for p in g["params"]}
+        for group in optimizer.param_groups:
+            group["params"] = [p for p in group["params"] if id(p) not in own]
+        for group in groups:
+            optimizer.add_param_group(dict(group))
+        return optimizer
+
+
+class PruningCallback(TrainerCallback):
+    def __init__(self, pruner, guard: DivergenceGuard):
+        self.pruner = pruner
+        self.guard = guard
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if self.pruner is not None and self.pruner.total_steps != state.max_steps:
+            raise RuntimeError(f"pruner scheduled for {self.pruner.total_steps} steps, trainer runs {state.max_steps}")
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        if self.pruner is not None:
+            self.pruner.before_optimizer_step()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.pruner is not None:
+            self.pruner.on_step_end(state.global_step)
+        if self.guard.reason is not None:
+            control.should_training_stop = True
+            control.should_evaluate = False
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs is not None and self.pruner is not None and "loss" in logs:
+            logs["sparsity"] = round(self.pruner.current_sparsity(), 6)
+            logs.update(self.pruner.state_summary())
+
+
+class RichProgressCallback(TrainerCallback):
+    """A rich progress bar with the live loss, sparsity and dev metric."""
+
+    def __init__(self, description: str, metric_name: str):
+        self.description = description
+        self.metric_name = metric_name
+        self.progress = None
+        self.fields = {"loss": "-", "sparsity": "-", "metric": "-"}
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}  sparsity {task.fields[sparsity]}  dev {task.fields[metric]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            transient=False,
+        )
+        self.progress.start()
+        self.task = self.progress.add_task(self.description, total=state.max_steps, **self.fields)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.progress.update(self.task, completed=state.global_step)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        if "loss" in logs:
+            self.fields["loss"] = f"{logs['loss']:.3f}"
+        if "sparsity" in logs:
+            self.fields["sparsity"] = f"{logs['sparsity']:.1%}"
+        self.progress.update(self.task, **self.fields)
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        value = (metrics or {}).get(f"eval_{self.metric_name}")
+        if value is not None:
+            self.fields["metric"] = f"{value:.4f}"
+            self.progress.update(self.task, **self.fields)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.progress is not None:
+            self.progress.stop()
+
+
+@dataclass
+class RunResult:
+    status: str
+    reason: str | None
+    metrics: dict
+    best_metric: float | None
+    main_metric: str
+    sparsity: dict
+    steps: int
+    train_examples: int
+    wall_time_s: float
+    train_examples_per_s: float
+    loss_curve: list[dict] = field(default_factory=list)
+    eval_history: list[dict] = field(default_factory=list)
+    layer_weights: list[float] | None = None
+    gamma: float | None = None
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def train_and_evaluate(
+    model,
+    tokenizer,
+    task_name: str,
+    training: TrainingSpec,
+    out_dir: str | Path,
+    *,
+    seed: int = 0,
+    data_dir: str | None = None,
+    pruner=None,
+    divergence: DivergenceSpec | None = None,
+    progress: bool = True,
+    description: str = "train",
+) -> RunResult:
+    """Fine-tune ``model`` on the task (pruning it if a pruner is given), finalise the masks and
+    evaluate on dev. ``model`` is left as a plain model holding real zeros."""
+    task = get_task(task_name)
+    train = subsample(load_split(task.name, "train", data_dir), training.max_train_samples, seed)
+    dev = load_split(task.name, "dev", data_dir)
+    train_tok = tokenize_dataset(train, tokenizer, task.name, training.max_length)
+    dev_tok = tokenize_dataset(dev, tokenizer, task.name, training.max_length)
+
+    guard = DivergenceGuard(divergence or DivergenceSpec())
+    args = TrainingArguments(
+        output_dir=str(Path(out_dir) / "trainer"),
+        per_device_train_batch_size=training.batch_size,
+        per_device_eval_batch_size=max(64, training.batch_size),
+        learning_rate=training.learning_rate,
+        num_train_epochs=training.epochs,
+        warmup_steps=training.warmup_ratio,
+        weight_decay=training.weight_decay,
+        seed=seed,
+        data_seed=seed,
+        train_sampling_strategy="group_by_length",
+        eval_strategy="epoch",
+        save_strategy="no",
+        logging_strategy="steps",
+        logging_steps=LOG_EVERY,
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=0,
+    )
+    callbacks = [PruningCallback(pruner, guard)]
+    if progress:
+        callbacks.append(RichProgressCallback(description, task.main_metric))
+    trainer = PruningTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_tok,
+        eval_dataset=dev_tok,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        compute_metrics=lambda p: compute_metrics(task.name, p.predictions, p.label_ids),
+        callbacks=callbacks,
+        pruner=pruner,
+        guard=guard,
+        mix_learning_rate=training.mix_learning_rate,
+    )
+    if progress:
+        from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+        trainer.remove_callback(PrinterCallback)
+        trainer.remove_callback(ProgressCallback)
+
+    total_steps = _total_steps(trainer, train_tok, training)
+    target_names = list(select_modules(model, [DEFAULT_INCLUDE]).keys())
+    if pruner is not None:
+        pruner.attach(model, total_steps)
+        target_names = list(pruner.modules)
+
+    start = time.perf_counter()
+    trainer.train()
+    wall = time.perf_counter() - start
+    if pruner is not None:
+        pruner.finalize()
+
+    prediction = trainer.predict(dev_tok, metric_key_prefix="eval")
+    metrics = {k.removeprefix("eval_"): v for k, v in prediction.metrics.items() if _is_task_metric(k)}
+    main = metrics.get(task.main_metric)
+    guard.check_predictions(task, prediction.predictions, main)
+
+    history = trainer.state.log_history
+    evals = [
+        {"step": h["step"], "epoch": h.get("epoch"), "metric": h.get(f"eval_{task.main_metric}")}
+        for h in history
+        if f"eval_{task.main_metric}" in h
+    ]
+    # "best" only counts evaluations at the final sparsity: an early dense epoch is not a result.
+    at_target = [e["metric"] for e in evals if pruner is None or (pruner.frozen_at is not None and e["step"] >= pruner.frozen_at)]
+    candidates = [m for m in at_target + [main] if m is not None and math.isfinite(m)]
+    steps = trainer.state.global_step
+    result = RunResult(
+        status="ok" if guard.reason is None else "diverged",
+        reason=guard.reason,
+        metrics={k: float(v) for k, v in metrics.items()},
+        best_metric=max(candidates) if candidates else None,
+        main_metric=task.main_metric,
+        sparsity=sparsity_report(model, target_names),
+        steps=steps,
+        train_examples=len(train_tok),
+        wall_time_s=wall,
+        train_examples_per_s=steps * training.batch_size / wall if wall > 0 else 0.0,
+        loss_curve=[{k: h[k] for k in ("step", "loss", "sparsity") if k in h} for h in history if "loss" in h],
+        eval_history=evals,
+    )
+    if hasattr(model, "scalar_mix"):
+        result.layer_weights = model.layer_weights()
+        result.gamma = model.scalar_mix.gamma.item()
+    return result
+
+
+def _total_steps(trainer: Trainer, train_dataset, training: TrainingSpec) -> int:
+    batches = math.ceil(len(train_dataset) / training.batch_size)
+    return max(1, math.ceil(batches * training.epochs))
+
+
+def _is_task_metric(key: str) -> bool:
+    return key.startswith("eval_") and not key.endswith(("_runtime", "_per_second", "_loss")) and key != "eval_epoch"

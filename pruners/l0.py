@@ -1,0 +1,143 @@
+"""L0 pruning with hard-concrete gates (Louizos, Welling & Kingma 2018), with the Lagrangian
+sparsity control of Wang, Wohlwend & Lei (2020) and CoFi (Xia, Zhong & Chen 2022).
+
+Each weight, or each block of ``block`` = [rows, cols] weights, has a gate
+z = min(1, max(0, sigmoid((log u - log(1-u) + log_alpha) / beta) * (zeta - gamma) + gamma)),
+u ~ U(0, 1), sampled in training and replaced by its deterministic value in evaluation. The
+expected fraction of open gates is mean(sigmoid(log_alpha - beta * log(-gamma / zeta))).
+
+Loss terms, with s_hat the expected sparsity and t the schedule's sparsity at this step:
+  lambda(t) * (1 - s_hat)                      expected-L0 penalty (recipe ``penalty``; optional)
+  l1 * (s_hat - t) + l2 * (s_hat - t)^2        Lagrangian; l1, l2 are maximised (gradient ascent)
+When the window closes, the gates are replaced by an exact top-k mask on log_alpha.
+"""
+
+import math
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from torch import nn
+
+from bermo_prune.pruning.base import Pruner
+from bermo_prune.pruning.registry import register_pruner
+
+BETA, GAMMA, ZETA = 2.0 / 3.0, -0.1, 1.1
+LOG_RATIO = math.log(-GAMMA / ZETA)
+
+
+class L0Options(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    gate_lr: float = Field(0.1, gt=0, description="learning rate of log_alpha")
+    lagrangian_lr: float = Field(0.01, gt=0, description="learning rate of the Lagrange multipliers")
+    lagrangian: bool = Field(True, description="drive the expected sparsity to the schedule")
+    init_keep: float = Field(0.95, gt=0, lt=1, description="initial keep probability of each gate")
+    block: tuple[int, int] = Field((1, 1), description="gate granularity: one gate per rows x cols block")
+
+    @field_validator("block")
+    @classmethod
+    def _positive(cls, block):
+        if min(block) < 1:
+            raise ValueError("block sizes must be >= 1")
+        return block
+
+
+def expected_open(log_alpha: torch.Tensor) -> torch.Tensor:
+    """P(z > 0) for each gate."""
+    return torch.sigmoid(log_alpha - BETA * LOG_RATIO)
+
+
+def sample_gates(log_alpha: torch.Tensor) -> torch.Tensor:
+    u = torch.rand_like(log_alpha).clamp(1e-6, 1 - 1e-6)
+    s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + log_alpha) / BETA)
+    return (s * (ZETA - GAMMA) + GAMMA).clamp(0.0, 1.0)
+
+
+def deterministic_gates(log_alpha: torch.Tensor) -> torch.Tensor:
+    return (torch.sigmoid(log_alpha) * (ZETA - GAMMA) + GAMMA).clamp(0.0, 1.0)
+
+
+class HardConcreteMask(nn.Module):
+    def __init__(self, shape, block, init_keep, device=None):
+        super().__init__()
+        rows, cols = shape
+        self.block = block
+        grid = (math.ceil(rows / block[0]), math.ceil(cols / block[1]))
+        init = math.log(init_keep) - math.log1p(-init_keep)
+        self.log_alpha = nn.Parameter(torch.full(grid, init, device=device) + 0.01 * torch.randn(grid, device=device))
+        self.register_buffer("mask", torch.ones(shape, device=device))
+        self.fixed = False
+
+    def expand(self, gates: torch.Tensor) -> torch.Tensor:
+        rows, cols = self.mask.shape
+        full = gates.repeat_interleave(self.block[0], 0).repeat_interleave(self.block[1], 1)
+        return full[:rows, :cols]
+
+    def forward(self, weight):
+        if self.fixed:
+            return weight * self.mask
+        gates = sample_gates(self.log_alpha) if self.training else deterministic_gates(self.log_alpha)
+        return weight * self.expand(gates).to(weight.dtype)
+
+
+@register_pruner
+class L0Pruner(Pruner):
+    name = "l0"
+    Options = L0Options
+
+    def make_parametrization(self, name, module):
+        return HardConcreteMask(module.weight.shape, tuple(self.options.block), self.options.init_keep, module.weight.device)
+
+    def on_attach(self):
+        device = next(iter(self.modules.values())).weight.device
+        self.lambda_1 = nn.Parameter(torch.zeros((), device=device))
+        self.lambda_2 = nn.Parameter(torch.zeros((), device=device))
+        for multiplier in (self.lambda_1, self.lambda_2):
+            multiplier.register_hook(torch.neg)  # ascent: the optimizer minimises, the multipliers maximise
+
+    def update(self, sparsity):
+        pass  # the Lagrangian follows the schedule every step; masks are fixed when the window closes
+
+    def expected_sparsity(self) -> torch.Tensor:
+        """Expected fraction of pruned weights, counting each gate once per weight it covers."""
+        kept = total = 0
+        for p in self.parametrizations().values():
+            kept = kept + p.expand(expected_open(p.log_alpha)).sum()
+            total += p.mask.numel()
+        return 1 - kept / total
+
+    def penalty(self):
+        if self.frozen:
+            return None
+        s_hat = self.expected_sparsity()
+        loss = s_hat.new_zeros(())
+        weight = self.current_penalty_weight()
+        if weight:
+            loss = loss + weight * (1 - s_hat)
+        if self.options.lagrangian:
+            gap = s_hat - self.schedule(self.step)
+            loss = loss + self.lambda_1 * gap + self.lambda_2 * gap * gap
+        return loss
+
+    def scores(self):
+        return {name: p.expand(p.log_alpha.detach()) for name, p in self.parametrizations().items()}
+
+    def freeze(self):
+        super().freeze()
+        for p in self.parametrizations().values():
+            p.fixed = True
+            p.log_alpha.requires_grad_(False)
+
+    def param_groups(self):
+        gates = [p.log_alpha for p in self.parametrizations().values()]
+        groups = [{"params": gates, "lr": self.options.gate_lr, "weight_decay": 0.0}]
+        if self.options.lagrangian:
+            groups.append({"params": [self.lambda_1, self.lambda_2], "lr": self.options.lagrangian_lr, "weight_decay": 0.0})
+        return groups
+
+    def current_sparsity(self):
+        if self.frozen:
+            return super().current_sparsity()
+        return float(self.expected_sparsity())
+
+    def state_summary(self):
+        return {"lambda_1": float(self.lambda_1), "lambda_2": float(self.lambda_2)}
