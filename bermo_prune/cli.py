@@ -73,7 +73,7 @@ def out_options(f):
 
 @main.command()
 @click.option("--model", "checkpoint", default="minilm-l6", show_default=True, help="Local dir, hub id, or alias.")
-@click.option("--arch", type=ARCH_CHOICE, default="bert", show_default=True)
+@click.option("--arch", type=ARCH_CHOICE, default=None, help="Default: the checkpoint's own arch (bert for minilm-l6).")
 @task_option
 @data_option
 @click.option("--epochs", type=click.FloatRange(min=0, min_open=True), default=3.0, show_default=True)
@@ -127,6 +127,34 @@ def prune_command(checkpoint, recipe_path, arch, task, data_dir, target_sparsity
     if report["status"] != "ok":
         err_console.print(f"[bold red]diverged[/]: {report['reason']}")
     console.print(f"saved to [bold]{out}[/]")
+
+
+DEMO_RECIPE = "sst2-demo"
+
+
+@main.command()
+@click.option("--model", "checkpoint", default="minilm-l6", show_default=True, help="Local dir, hub id, or alias.")
+@click.option("--recipe", "recipe_path", default=DEMO_RECIPE, show_default=True, help="Recipe file or bundled name.")
+@data_option
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", default="runs/demo", show_default=True, type=click.Path(), help="Replaced on every run.")
+def demo(checkpoint, recipe_path, data_dir, seed, out):
+    """The default job: prune BERT and BERMo from the same checkpoint on SST-2 and compare."""
+    from bermo_prune import runs
+    from bermo_prune.recipes import load_recipe, resolve_recipe
+
+    recipe = load_recipe(resolve_recipe(recipe_path))
+    t = recipe.training
+    console.print(
+        f"[bold]{recipe.name}[/]: {recipe.pruner.name} pruning to {recipe.target_sparsity:.0%} of the encoder "
+        f"Linear weights; SST-2, {t.max_train_samples or 'all'} training examples x {t.epochs:g} epochs, seed {seed}"
+    )
+    reports = [
+        runs.prune(checkpoint, recipe, "sst2", Path(out) / arch, arch=arch, seed=seed, data_dir=data_dir, overwrite=True)
+        for arch in ("bert", "bermo")
+    ]
+    _print_run_table(reports)
+    console.print(f"checkpoints and pruning_report.json under [bold]{out}[/]")
 
 
 @main.command()
@@ -229,6 +257,57 @@ def recipe_plot(path, output, steps):
 
     plot_recipe(load_recipe(resolve_recipe(path)), steps, output)
     console.print(f"wrote {output}")
+
+
+@main.command()
+@click.argument("spec_path", metavar="SPEC.yaml")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Results dir (resumed if it exists).")
+@click.option("--shard", default="1/1", show_default=True, help="Run only shard i of n (array jobs).")
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Parallel local runs.")
+@click.option("--retry-crashed", is_flag=True, help="Run again the runs recorded as crashed.")
+@click.option("--report/--no-report", "make_report", default=True, show_default=True, help="Write the report when done.")
+def bench(spec_path, out, shard, jobs, retry_crashed, make_report):
+    """Run a sweep (arch x recipe x sparsity x seed): one result file per run, resumable and shardable."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from bermo_prune.bench.runner import parse_shard, run_sweep
+
+    shard_pair = parse_shard(shard)
+    progress = Progress(
+        TextColumn("[bold]sweep"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[last]}"),
+        TimeElapsedColumn(), TimeRemainingColumn(),
+    )
+    state = {}
+
+    def on_start(todo):
+        console.print(f"{len(todo)} runs to do in shard {shard} (finished runs are skipped)")
+        state["task"] = progress.add_task("sweep", total=len(todo), last="")
+
+    def on_done(run, result):
+        value = (result.get("metrics") or {}).get(result.get("main_metric"))
+        shown = f"{value:.4f}" if isinstance(value, float) else "-"
+        progress.update(state["task"], advance=1, last=f"{run.run_id}: {result['status']} {shown}")
+
+    with progress:
+        run_sweep(spec_path, out, shard=shard_pair, jobs=jobs, retry_crashed=retry_crashed, on_start=on_start, on_done=on_done)
+    if make_report:
+        _report(out, Path(out) / "report")
+
+
+@main.command()
+@click.argument("results_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("-o", "--out", "report_dir", required=True, type=click.Path(file_okay=False), help="Report folder.")
+def report(results_dir, report_dir):
+    """Sparsity-accuracy report of a results dir: Markdown, CSV, JSON and PNG plots."""
+    _report(results_dir, report_dir)
+
+
+def _report(results_dir, report_dir) -> None:
+    from bermo_prune.bench.report import write_report
+
+    files = write_report(results_dir, report_dir)
+    console.print(Path(files["markdown"]).read_text())
+    console.print("wrote " + ", ".join(str(p) for p in files.values()))
 
 
 def _print_run_table(reports: list[dict]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import platform
 import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -33,7 +34,7 @@ def finetune(
     checkpoint: str,
     arch: str | None,
     task: str,
-    out: str | Path,
+    out: str | Path | None,
     training: TrainingSpec,
     *,
     seed: int = 0,
@@ -50,7 +51,7 @@ def prune(
     checkpoint: str,
     recipe: Recipe,
     task: str,
-    out: str | Path,
+    out: str | Path | None,
     *,
     arch: str | None = None,
     seed: int = 0,
@@ -64,44 +65,53 @@ def prune(
 
 
 def _run(checkpoint, arch, task, out, training, recipe, seed, data_dir, overwrite, progress, save_model, report_name):
-    spec = get_task(task)
+    """Train into a staged copy of ``out`` (or a throw-away dir when ``out`` is None)."""
+    if out is None:
+        with tempfile.TemporaryDirectory(prefix="bermo-prune-") as scratch:
+            return _train(checkpoint, arch, task, Path(scratch), training, recipe, seed, data_dir, progress)[0]
     with staged_output(out, overwrite) as stage:
-        torch.manual_seed(seed)
-        model, tokenizer = load_classifier(checkpoint, arch, num_labels=spec.num_labels)
-        arch = model.config.model_type
-        pruner = get_pruner_class(recipe.pruner.name)(recipe) if recipe is not None else None
-        label = f"{arch} {recipe.pruner.name} {recipe.target_sparsity:.0%}" if recipe else f"{arch} dense"
-        result = train_and_evaluate(
-            model,
-            tokenizer,
-            spec.name,
-            training,
-            stage,
-            seed=seed,
-            data_dir=data_dir,
-            pruner=pruner,
-            divergence=recipe.divergence if recipe is not None else None,
-            progress=progress,
-            description=label,
-        )
-        shutil.rmtree(stage / "trainer", ignore_errors=True)
-        report = {
-            "checkpoint": str(checkpoint),
-            "arch": arch,
-            "task": spec.name,
-            "seed": seed,
-            "pruner": recipe.pruner.name if recipe else None,
-            "target_sparsity": recipe.target_sparsity if recipe else 0.0,
-            "recipe": recipe_to_dict(recipe) if recipe else None,
-            "training": training.model_dump(),
-            "environment": environment(),
-            **result.to_dict(),
-        }
+        report, model, tokenizer = _train(checkpoint, arch, task, stage, training, recipe, seed, data_dir, progress)
         if save_model:
             model.save_pretrained(stage)
             tokenizer.save_pretrained(stage)
         write_json_atomic(stage / report_name, report)
     return report
+
+
+def _train(checkpoint, arch, task, workdir, training, recipe, seed, data_dir, progress):
+    spec = get_task(task)
+    torch.manual_seed(seed)
+    model, tokenizer = load_classifier(checkpoint, arch, num_labels=spec.num_labels)
+    arch = model.config.model_type
+    pruner = get_pruner_class(recipe.pruner.name)(recipe) if recipe is not None else None
+    label = f"{arch} {recipe.pruner.name} {recipe.target_sparsity:.0%}" if recipe else f"{arch} dense"
+    result = train_and_evaluate(
+        model,
+        tokenizer,
+        spec.name,
+        training,
+        workdir,
+        seed=seed,
+        data_dir=data_dir,
+        pruner=pruner,
+        divergence=recipe.divergence if recipe is not None else None,
+        progress=progress,
+        description=label,
+    )
+    shutil.rmtree(workdir / "trainer", ignore_errors=True)
+    report = {
+        "checkpoint": str(checkpoint),
+        "arch": arch,
+        "task": spec.name,
+        "seed": seed,
+        "pruner": recipe.pruner.name if recipe else None,
+        "target_sparsity": recipe.target_sparsity if recipe else 0.0,
+        "recipe": recipe_to_dict(recipe) if recipe else None,
+        "training": training.model_dump(),
+        "environment": environment(),
+        **result.to_dict(),
+    }
+    return report, model, tokenizer
 
 
 def evaluate(checkpoint: str, task: str, *, data_dir: str | None = None, max_length: int = 128, batch_size: int = 64) -> dict:
@@ -138,6 +148,6 @@ def inspect(checkpoint: str) -> dict:
     }
     if hasattr(model, "scalar_mix"):
         info["layer_weights"] = model.layer_weights()
-        info["gamma"] = float(model.scalar_mix.gamma)
+        info["gamma"] = model.scalar_mix.gamma.item()
         info["mix_embeddings"] = model.config.bermo_mix_embeddings
     return info

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_callback import PrinterCallback
 
 from bermo_prune.data import compute_metrics, get_task, load_split, subsample, tokenize_dataset
 from bermo_prune.pruning.masks import sparsity_report, select_modules
@@ -103,8 +104,9 @@ class PruningCallback(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs is not None and self.pruner is not None and "loss" in logs:
-            logs["sparsity"] = round(self.pruner.current_sparsity(), 6)
-            logs.update(self.pruner.state_summary())
+            extra = {"sparsity": round(self.pruner.current_sparsity(), 6), **self.pruner.state_summary()}
+            logs.update(extra)  # for the progress bar
+            state.log_history[-1].update(extra)  # for the loss curve in the report
 
 
 class RichProgressCallback(TrainerCallback):
@@ -232,11 +234,7 @@ def train_and_evaluate(
         guard=guard,
         mix_learning_rate=training.mix_learning_rate,
     )
-    if progress:
-        from transformers.trainer_callback import PrinterCallback, ProgressCallback
-
-        trainer.remove_callback(PrinterCallback)
-        trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)  # our own progress bar (or silence) replaces it
 
     total_steps = _total_steps(trainer, train_tok, training)
     target_names = list(select_modules(model, [DEFAULT_INCLUDE]).keys())

@@ -137,7 +137,7 @@ class L0Pruner(Pruner):
     def current_sparsity(self):
         if self.frozen:
             return super().current_sparsity()
-        return float(self.expected_sparsity())
+        return self.expected_sparsity().item()
 
     def state_summary(self):
-        return {"lambda_1": float(self.lambda_1), "lambda_2": float(self.lambda_2)}
+        return {"lambda_1": self.lambda_1.item(), "lambda_2": self.lambda_2.item()}

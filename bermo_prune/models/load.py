@@ -38,7 +38,7 @@ def resolve_checkpoint(name: str | Path) -> str:
         if not (path / "config.json").is_file():
             raise BermoPruneError(f"{name}: not a model directory (no config.json)")
         return str(path)
-    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+    if name.startswith((".", "/", "~")) or name.count("/") > 1 or Path(path.parts[0]).is_dir():
         raise BermoPruneError(f"{name}: no such model directory")
     return name  # a hub id, fetched by transformers when online
 

@@ -1,0 +1,141 @@
+"""Sparsity-accuracy reports from a results directory: Markdown, CSV, JSON and PNG plots.
+
+The same results always render the same report (sorted rows, no timestamps), so a report can be
+committed and diffed.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+from statistics import mean, stdev
+
+from bermo_prune.errors import BermoPruneError
+from bermo_prune.io import write_json_atomic
+
+DENSE = "dense"
+COLUMNS = (
+    "arch", "pruner", "target_sparsity", "achieved_sparsity", "seeds", "diverged", "crashed",
+    "metric_mean", "metric_std", "best_mean", "healthy_mean", "dense_mean", "retention",
+)
+
+
+def load_results(results_dir: str | Path) -> list[dict]:
+    runs_dir = Path(results_dir) / "runs"
+    if not runs_dir.is_dir():
+        raise BermoPruneError(f"{results_dir}: no runs/ folder with results (run `bermo-prune bench` first)")
+    results = []
+    for path in sorted(runs_dir.glob("*.json")):
+        try:
+            results.append(json.loads(path.read_text()))
+        except json.JSONDecodeError as exc:
+            raise BermoPruneError(f"{path}: not valid JSON ({exc})") from None
+    if not results:
+        raise BermoPruneError(f"{runs_dir}: no result files")
+    return results
+
+
+def _main_value(result: dict) -> float | None:
+    value = (result.get("metrics") or {}).get(result.get("main_metric"))
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _stats(values: list[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    return mean(values), (stdev(values) if len(values) > 1 else 0.0)
+
+
+def summarize(results: list[dict]) -> list[dict]:
+    """One row per arch x pruner x target sparsity (dense baselines included, pruner 'dense')."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in results:
+        groups[(r["arch"], r.get("pruner") or DENSE, round(float(r.get("target_sparsity") or 0.0), 6))].append(r)
+    dense = {}
+    for (arch, pruner, _), members in groups.items():
+        if pruner == DENSE:
+            dense[arch] = _stats([v for v in map(_main_value, members) if v is not None])[0]
+    rows = []
+    for (arch, pruner, target), members in sorted(groups.items(), key=lambda kv: (kv[0][1] != DENSE, kv[0][1], kv[0][2], kv[0][0])):
+        finished = [r for r in members if r.get("status") in ("ok", "diverged")]
+        values = [v for v in map(_main_value, finished) if v is not None]
+        healthy = [v for r in finished if r["status"] == "ok" and (v := _main_value(r)) is not None]
+        best = [r["best_metric"] for r in finished if r.get("best_metric") is not None]
+        achieved = [r["sparsity"]["targeted"] for r in finished if r.get("sparsity")]
+        metric_mean, metric_std = _stats(values)
+        base = dense.get(arch)
+        rows.append({
+            "arch": arch,
+            "pruner": pruner,
+            "target_sparsity": target,
+            "achieved_sparsity": mean(achieved) if achieved else None,
+            "seeds": len(finished),
+            "diverged": sum(r["status"] == "diverged" for r in finished),
+            "crashed": sum(r.get("status") == "crashed" for r in members),
+            "metric_mean": metric_mean,
+            "metric_std": metric_std,
+            "best_mean": mean(best) if best else None,
+            "healthy_mean": mean(healthy) if healthy else None,
+            "dense_mean": base,
+            "retention": metric_mean / base if metric_mean is not None and base else None,
+        })
+    return rows
+
+
+def _fmt(value, pct: bool = False) -> str:
+    if value is None:
+        return "-"
+    return f"{100 * value:.1f}" if pct else f"{value:.4f}"
+
+
+def markdown(rows: list[dict], results: list[dict]) -> str:
+    metric = next((r.get("main_metric") for r in results if r.get("main_metric")), "metric")
+    reasons = sorted({r["reason"].split(":")[0] for r in results if r.get("status") == "diverged" and r.get("reason")})
+    lines = [
+        f"# Sparsity-accuracy report ({len(results)} runs)",
+        "",
+        f"Dev {metric} (x100) per arch x pruner x target sparsity: mean +/- std over seeds, all finished runs "
+        "(diverged runs included); `healthy` = mean of the runs that did not diverge; retention = mean / dense "
+        "mean of the same arch and budget. Sparsity is over the encoder Linear weights.",
+        "",
+        "| pruner | target | arch | achieved | seeds | diverged | " + metric + " | healthy | best | retention |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        spread = f"{_fmt(r['metric_mean'], True)} +/- {_fmt(r['metric_std'], True)}" if r["metric_mean"] is not None else "-"
+        lines.append(
+            f"| {r['pruner']} | {r['target_sparsity']:.0%} | {r['arch']} | {_fmt(r['achieved_sparsity'], True)} | "
+            f"{r['seeds']} | {r['diverged']} | {spread} | {_fmt(r['healthy_mean'], True)} | {_fmt(r['best_mean'], True)} | "
+            f"{_fmt(r['retention'])} |"
+        )
+    crashed = sum(r["crashed"] for r in rows)
+    lines += ["", f"Crashed runs (not in the means): {crashed}.", ""]
+    lines += ["Divergence reasons seen: " + ("; ".join(reasons) if reasons else "none") + ".", ""]
+    return "\n".join(lines)
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    path.write_text(buffer.getvalue())
+
+
+def write_report(results_dir: str | Path, report_dir: str | Path) -> dict[str, Path]:
+    results = load_results(results_dir)
+    rows = summarize(results)
+    out = Path(report_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"markdown": out / "report.md", "csv": out / "summary.csv", "json": out / "summary.json"}
+    files["markdown"].write_text(markdown(rows, results))
+    write_csv(rows, files["csv"])
+    write_json_atomic(files["json"], rows)
+    from bermo_prune.bench import plots
+
+    files.update(plots.write_plots(rows, results, out))
+    return files

@@ -1,0 +1,149 @@
+"""Run a sweep: one result file per run, written atomically, so a sweep can be killed, resumed,
+sharded across machines (``--shard i/n``) and run in parallel (``--jobs N``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import traceback
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
+from pathlib import Path
+
+from bermo_prune.bench.spec import DENSE, Run, SweepSpec, expand, load_spec, spec_recipe, spec_training, start_training
+from bermo_prune.errors import BermoPruneError
+from bermo_prune.io import write_json_atomic
+
+FINISHED = ("ok", "diverged", "crashed")
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    try:
+        index, count = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise BermoPruneError(f"--shard must look like i/n (e.g. 1/4), got {text!r}") from None
+    if not 1 <= index <= count:
+        raise BermoPruneError(f"--shard {text}: need 1 <= i <= n")
+    return index, count
+
+
+def result_path(out_dir: Path, run: Run) -> Path:
+    return out_dir / "runs" / f"{run.run_id}.json"
+
+
+def pending_runs(spec: SweepSpec, out_dir: Path, shard: tuple[int, int] = (1, 1), retry_crashed: bool = False) -> list[Run]:
+    index, count = shard
+    mine = expand(spec)[index - 1 :: count]
+    todo = []
+    for run in mine:
+        path = result_path(out_dir, run)
+        if path.is_file():
+            try:
+                status = json.loads(path.read_text()).get("status")
+            except json.JSONDecodeError:
+                status = None  # only possible if written by hand: results are written atomically
+            if status in FINISHED and not (retry_crashed and status == "crashed"):
+                continue
+        todo.append(run)
+    return todo
+
+
+def start_checkpoint(spec: SweepSpec, out_dir: Path, arch: str) -> str:
+    """The checkpoint the runs of ``arch`` start from: the spec's, or its dense fine-tune
+    (made once, atomically, and reused by later runs, resumes and shards on the same disk)."""
+    if spec.start is None:
+        return spec.checkpoint
+    path = out_dir / "start" / arch
+    if not (path / "metrics.json").is_file():
+        from bermo_prune import runs
+
+        runs.finetune(
+            spec.checkpoint, arch, spec.task, path, start_training(spec),
+            seed=spec.start.seed, data_dir=spec.data, overwrite=True, progress=False,
+        )
+    return str(path)
+
+
+def execute_run(spec: SweepSpec, run: Run, out_dir: Path, progress: bool = False) -> dict:
+    """One run of the sweep; never raises for a failure of the run itself (recorded as crashed)."""
+    from bermo_prune import runs
+
+    started = time.time()
+    base = {"run_id": run.run_id, "sweep": spec.name, "recipe_name": run.recipe, **run.model_dump()}
+    try:
+        checkpoint = start_checkpoint(spec, out_dir, run.arch)
+        if run.recipe == DENSE:
+            report = runs.finetune(
+                checkpoint, run.arch, spec.task, None, spec_training(spec),
+                seed=run.seed, data_dir=spec.data, progress=progress,
+            )
+        else:
+            recipe = spec_recipe(spec, run.recipe, run.sparsity)
+            report = runs.prune(
+                checkpoint, recipe, spec.task, None, arch=run.arch,
+                seed=run.seed, data_dir=spec.data, progress=progress,
+            )
+    except Exception as exc:  # a crash of one run must not end the sweep
+        return {
+            **base,
+            "status": "crashed",
+            "reason": f"{type(exc).__name__}: {exc}".splitlines()[0],
+            "traceback": traceback.format_exc(),
+            "wall_time_s": time.time() - started,
+        }
+    return {**base, **report, "pruner": run.pruner}
+
+
+def _worker(spec_json: str, run_json: str, out_dir: str, threads: int) -> str:
+    import torch
+
+    torch.set_num_threads(threads)
+    from bermo_prune.cli import _quiet_libraries
+
+    _quiet_libraries()
+    spec, run = SweepSpec.model_validate_json(spec_json), Run.model_validate_json(run_json)
+    write_json_atomic(result_path(Path(out_dir), run), execute_run(spec, run, Path(out_dir)))
+    return run.run_id
+
+
+def run_sweep(
+    spec_path: str | Path,
+    out_dir: str | Path,
+    *,
+    shard: tuple[int, int] = (1, 1),
+    jobs: int = 1,
+    retry_crashed: bool = False,
+    on_start=None,
+    on_done=None,
+) -> list[Run]:
+    """Run every pending run of this shard; returns the runs executed. ``on_start(todo)`` and
+    ``on_done(run, result)`` let a front end show progress."""
+    spec = load_spec(spec_path)
+    out_dir = Path(out_dir)
+    (out_dir / "runs").mkdir(parents=True, exist_ok=True)
+    spec_copy = out_dir / "spec.yaml"
+    if not spec_copy.exists():
+        shutil.copyfile(spec_path, spec_copy)
+    todo = pending_runs(spec, out_dir, shard, retry_crashed)
+    if on_start:
+        on_start(todo)
+    for arch in sorted({run.arch for run in todo}):  # before any worker starts, so none races to make it
+        start_checkpoint(spec, out_dir, arch)
+    if jobs <= 1:
+        for run in todo:
+            result = execute_run(spec, run, out_dir)
+            write_json_atomic(result_path(out_dir, run), result)
+            if on_done:
+                on_done(run, result)
+        return todo
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    by_id = {run.run_id: run for run in todo}
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+        futures = [pool.submit(_worker, spec.model_dump_json(), r.model_dump_json(), str(out_dir), threads) for r in todo]
+        for future in as_completed(futures):
+            run = by_id[future.result()]
+            if on_done:
+                on_done(run, json.loads(result_path(out_dir, run).read_text()))
+    return todo

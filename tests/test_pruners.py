@@ -1,0 +1,449 @@
+"""Pruner life cycle on tiny models: exact sparsity, schedules, movement scores, hard-concrete
+gates, finalised checkpoints and third-party pruners."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+from transformers import AutoModelForSequenceClassification, BertForSequenceClassification
+
+import bermo_prune  # noqa: F401  (registers BERMo with the Auto classes)
+from bermo_prune.models import BermoConfig, BermoForSequenceClassification
+from bermo_prune.pruning import registry
+from bermo_prune.pruning.base import Pruner
+from bermo_prune.pruning.masks import select_modules
+from bermo_prune.pruning.registry import available_pruners, get_pruner_class, register_pruner
+from bermo_prune.recipes import DEFAULT_INCLUDE, Recipe
+from pruners import l0
+
+from conftest import tiny_config
+
+TOTAL_STEPS = 20
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: thread start-up costs more than the work, and on a busy 2-core machine
+    OpenMP spin-waiting makes each op ~50x slower. Restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+TARGET = 0.7  # 0.7 * 16384 = 11468.8 and 0.7 * 1024 = 716.8: rounding matters
+
+
+def recipe(pruner: str, options: dict | None = None, **fields) -> Recipe:
+    raw = {
+        "name": f"test-{pruner}",
+        "pruner": {"name": pruner, "options": options or {}},
+        "target_sparsity": TARGET,
+        "schedule": {"shape": "cubic", "start": 0.1, "end": 0.6, "update_every": 2},
+    }
+    if pruner == "soft_movement":
+        raw["penalty"] = {"value": 1.0}
+    raw.update(fields)
+    return Recipe.model_validate(raw)
+
+
+def tiny_bert(seed: int = 0) -> BertForSequenceClassification:
+    torch.manual_seed(seed)
+    return BertForSequenceClassification(tiny_config(num_labels=2))
+
+
+def tiny_bermo(seed: int = 0) -> BermoForSequenceClassification:
+    torch.manual_seed(seed)
+    return BermoForSequenceClassification(BermoConfig.from_bert_config(tiny_config(), num_labels=2))
+
+
+def inputs(size: int = 8, length: int = 12, seed: int = 1) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(1000, 3000, (size, length), generator=g)
+    return {
+        "input_ids": input_ids,
+        "attention_mask": torch.ones_like(input_ids),
+        "labels": torch.randint(0, 2, (size,), generator=g),
+    }
+
+
+def train(model: nn.Module, pruner: Pruner, steps: int = TOTAL_STEPS, lr: float = 1e-3) -> None:
+    """The loop the Trainer runs, by hand: penalty, backward, hook, step, step-end."""
+    extra = pruner.param_groups()
+    own = {id(p) for group in extra for p in group["params"]}
+    base = [p for p in model.parameters() if id(p) not in own]  # gates/scores are in the model too
+    optimizer = torch.optim.AdamW([{"params": base}, *extra], lr=lr, weight_decay=0.0)
+    model.train()
+    for step in range(1, steps + 1):
+        loss = model(**inputs(seed=step)).loss
+        extra_loss = pruner.penalty()
+        if extra_loss is not None:
+            loss = loss + extra_loss
+        optimizer.zero_grad()
+        loss.backward()
+        pruner.before_optimizer_step()
+        optimizer.step()
+        pruner.on_step_end(step)
+
+
+def zero_positions(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {name: (p.detach() == 0).clone() for name, p in model.named_parameters()}
+
+
+def targeted_weight_names(model: nn.Module, include=(DEFAULT_INCLUDE,)) -> list[str]:
+    return [f"{name}.weight" for name in select_modules(model, include)]
+
+
+def expected_zeros(numel: int, sparsity: float) -> int:
+    return int(round(sparsity * numel))
+
+
+CASES = {
+    "magnitude": ("magnitude", None),
+    "movement": ("movement", None),
+    "soft_movement": ("soft_movement", None),
+    "l0": ("l0", None),
+    "l0-block-2x4": ("l0", {"block": [2, 4]}),
+    "l0-block-3x5": ("l0", {"block": [3, 5]}),  # blocks overhang the 32/64-wide weights
+}
+
+
+# --- the life cycle --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scope", ["global", "per_layer"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_prunes_to_exact_target_and_leaves_a_plain_model(case, scope):
+    name, options = CASES[case]
+    model = tiny_bert()
+    before = zero_positions(model)
+    targeted = targeted_weight_names(model)
+    assert len(targeted) == 12  # 6 Linear layers per block, 2 blocks
+
+    pruner = get_pruner_class(name)(recipe(name, options, scope=scope))
+    pruner.attach(model, TOTAL_STEPS)
+    assert len(pruner.modules) == 12
+    assert all(parametrize.is_parametrized(m, "weight") for m in pruner.modules.values())
+    if options and "block" in options:
+        rows, cols = options["block"]
+        query = pruner.modules["bert.encoder.layer.0.attention.self.query"]  # 32 x 32
+        assert tuple(query.parametrizations.weight[0].log_alpha.shape) == (math.ceil(32 / rows), math.ceil(32 / cols))
+
+    train(model, pruner)
+    assert pruner.frozen and pruner.frozen_at is not None and pruner.frozen_at <= TOTAL_STEPS
+    pruner.finalize()
+
+    assert not any(parametrize.is_parametrized(m) for m in model.modules())
+    assert not any("parametrizations" in n for n, _ in model.named_parameters())
+    params = dict(model.named_parameters())
+    assert set(params) == set(before)  # the same plain parameters as before pruning
+
+    weights = {n: params[n].detach() for n in targeted}
+    if scope == "global":
+        total = sum(w.numel() for w in weights.values())
+        zeros = sum(int((w == 0).sum()) for w in weights.values())
+        assert zeros == expected_zeros(total, TARGET)
+    else:
+        for n, w in weights.items():
+            assert int((w == 0).sum()) == expected_zeros(w.numel(), TARGET), n
+
+    for n, p in params.items():
+        if n in weights:
+            continue
+        new_zeros = (p.detach() == 0) & ~before[n]
+        assert not new_zeros.any(), f"{n} gained zeros"
+    assert torch.isfinite(model(**inputs()).logits).all()
+
+
+def test_magnitude_one_shot_prunes_the_smallest_weights_globally():
+    model = tiny_bert()
+    r = recipe("magnitude", schedule={"shape": "one_shot", "start": 0.0, "end": 0.0})
+    pruner = get_pruner_class("magnitude")(r)
+    pruner.attach(model, TOTAL_STEPS)  # a one-shot schedule at step 0 prunes on attach
+    magnitudes = torch.cat([m.parametrizations.weight.original.detach().abs().flatten() for m in pruner.modules.values()])
+    masks = torch.cat([p.mask.flatten() for p in pruner.parametrizations().values()])
+    assert int((masks == 0).sum()) == expected_zeros(masks.numel(), TARGET)
+    assert magnitudes[masks == 0].max() <= magnitudes[masks == 1].min()
+    # the forward pass sees the masked weight, the original stays underneath
+    module = pruner.modules["bert.encoder.layer.1.output.dense"]
+    mask = module.parametrizations.weight[0].mask
+    assert torch.equal(module.weight, module.parametrizations.weight.original * mask)
+
+
+# --- the schedule ----------------------------------------------------------------------------
+
+
+def test_magnitude_follows_a_linear_schedule():
+    r = recipe("magnitude", schedule={"shape": "linear", "start": 0.2, "end": 0.8, "update_every": 2})
+    model = tiny_bert()
+    pruner = get_pruner_class("magnitude")(r)
+    pruner.attach(model, TOTAL_STEPS)
+    schedule = pruner.schedule
+    assert (schedule.start_step, schedule.end_step) == (4, 16)
+    total = sum(p.mask.numel() for p in pruner.parametrizations().values())
+
+    def at(s: float) -> float:
+        return expected_zeros(total, s) / total
+
+    seen = {}
+    for step in range(1, TOTAL_STEPS + 1):
+        pruner.on_step_end(step)
+        seen[step] = pruner.current_sparsity()
+
+    assert seen[1] == seen[3] == 0.0  # dense warm-up
+    assert seen[4] == 0.0  # the window opens at the initial sparsity
+    for step in (6, 8, 10, 12, 14):  # update steps inside the window
+        assert schedule(step) == pytest.approx(TARGET * (step - 4) / 12)
+        assert seen[step] == at(schedule(step)), step
+        assert seen[step + 1] == seen[step]  # no update between update steps
+    assert 0 < seen[6] < seen[8] < seen[10] < seen[12] < seen[14] < TARGET
+    assert pruner.frozen and pruner.frozen_at == 16
+    assert seen[16] == seen[20] == at(TARGET)
+
+
+# --- movement scores -------------------------------------------------------------------------
+
+
+def test_movement_scores_are_minus_grad_times_weight():
+    model = nn.Sequential(nn.Linear(3, 2, bias=False))
+    weight = torch.tensor([[0.5, -1.0, 2.0], [1.5, -0.5, 0.25]])
+    with torch.no_grad():
+        model[0].weight.copy_(weight)
+    r = recipe("movement", targets={"include": [r"^0$"]})
+    pruner = get_pruner_class("movement")(r)
+    pruner.attach(model, 10)
+    assert list(pruner.modules) == ["0"]
+    p = pruner.parametrizations()["0"]
+    mask = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]])
+    with torch.no_grad():
+        p.mask.copy_(mask)
+
+    x = torch.tensor([[1.0, 2.0, -1.0], [0.5, -1.0, 3.0]])
+    upstream = torch.tensor([[1.0, -2.0], [0.5, 3.0]])  # dL/d(output)
+    out = model(x)
+    assert torch.equal(out, x @ (weight * mask).T)
+    (out * upstream).sum().backward()
+
+    grad_masked_weight = upstream.T @ x  # dL/dW' for W' = W * M
+    expected = -grad_masked_weight * weight
+    assert (grad_masked_weight * (1 - mask)).abs().sum() > 0  # masked entries do get a signal
+    assert torch.equal(p.scores, expected)  # masked and unmasked alike (straight-through)
+    original = model[0].parametrizations.weight.original
+    assert torch.equal(original.grad, grad_masked_weight * mask)
+    assert torch.all(original.grad[mask == 0] == 0)
+
+    model(x).mul(upstream).sum().backward()  # scores accumulate over backward passes
+    assert torch.equal(p.scores, 2 * expected)
+
+    with torch.no_grad():  # no accumulation without autograd
+        model(x)
+    assert torch.equal(p.scores, 2 * expected)
+
+
+def test_movement_update_keeps_the_top_scores():
+    model = nn.Sequential(nn.Linear(4, 2, bias=False))
+    r = recipe("movement", targets={"include": [r"^0$"]}, target_sparsity=0.5)
+    pruner = get_pruner_class("movement")(r)
+    pruner.attach(model, 10)
+    p = pruner.parametrizations()["0"]
+    with torch.no_grad():
+        p.scores.copy_(torch.tensor([[5.0, -1.0, 3.0, 0.0], [-2.0, 4.0, 1.0, -3.0]]))
+    pruner.update(0.5)
+    assert torch.equal(p.mask, torch.tensor([[1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 1.0, 0.0]]))
+
+
+# --- hard-concrete gates ---------------------------------------------------------------------
+
+
+def test_expected_open_matches_the_formula():
+    log_alpha = torch.tensor([-4.0, -1.0, 0.0, 0.5, 2.0, 6.0])
+    beta, gamma, zeta = 2.0 / 3.0, -0.1, 1.1
+    by_hand = torch.tensor([1.0 / (1.0 + math.exp(-(a - beta * math.log(-gamma / zeta)))) for a in log_alpha.tolist()])
+    assert torch.allclose(l0.expected_open(log_alpha), by_hand, atol=1e-6)
+    assert (l0.BETA, l0.GAMMA, l0.ZETA) == (beta, gamma, zeta)
+
+
+def test_sampled_gates_are_clamped_to_unit_interval():
+    torch.manual_seed(0)
+    log_alpha = torch.cat([torch.full((500,), -20.0), torch.full((500,), 20.0), 2 * torch.randn(2000)])
+    gates = l0.sample_gates(log_alpha)
+    assert gates.min() >= 0 and gates.max() <= 1
+    assert torch.all(gates[:500] == 0)
+    assert torch.all(gates[500:1000] == 1)
+    middle = gates[1000:]
+    assert (middle == 0).any() and (middle == 1).any()
+    assert ((middle > 0) & (middle < 1)).any()
+    det = l0.deterministic_gates(log_alpha)
+    assert det.min() >= 0 and det.max() <= 1
+    assert torch.all(det[:500] == 0) and torch.all(det[500:1000] == 1)
+
+
+@pytest.mark.parametrize("block", [[1, 1], [2, 4], [3, 5]])
+def test_l0_expected_sparsity(block):
+    model = tiny_bert()
+    pruner = get_pruner_class("l0")(recipe("l0", {"block": block}))
+    pruner.attach(model, TOTAL_STEPS)
+    c = 0.7
+    with torch.no_grad():
+        for p in pruner.parametrizations().values():
+            p.log_alpha.fill_(c)
+    assert pruner.expected_sparsity().item() == pytest.approx(1 - l0.expected_open(torch.tensor(c)).item(), abs=1e-6)
+
+    # a different constant per module: the expectation weights each module by its size
+    consts = {}
+    with torch.no_grad():
+        for i, (name, p) in enumerate(pruner.parametrizations().items()):
+            consts[name] = -1.0 + 0.3 * i
+            p.log_alpha.fill_(consts[name])
+    kept = sum(p.mask.numel() * l0.expected_open(torch.tensor(consts[n])).item() for n, p in pruner.parametrizations().items())
+    total = sum(p.mask.numel() for p in pruner.parametrizations().values())
+    assert pruner.expected_sparsity().item() == pytest.approx(1 - kept / total, abs=1e-6)
+    assert pruner.current_sparsity() == pytest.approx(1 - kept / total, abs=1e-6)
+
+
+def test_l0_lagrange_multipliers_ascend():
+    model = tiny_bert()
+    pruner = get_pruner_class("l0")(recipe("l0"))
+    pruner.attach(model, TOTAL_STEPS)
+    pruner.step = 10  # inside the window: the schedule asks for more than the gates give
+    target = pruner.schedule(pruner.step)
+    gap = pruner.expected_sparsity().item() - target
+    assert gap < 0
+    with torch.no_grad():
+        pruner.lambda_1.fill_(-0.5)  # where ascent drives it while the sparsity is below target
+        pruner.lambda_2.fill_(0.25)
+    loss = pruner.penalty()
+    assert loss.item() == pytest.approx(-0.5 * gap + 0.25 * gap * gap, rel=1e-5)
+    loss.backward()
+    assert pruner.lambda_1.grad.item() == pytest.approx(-gap, rel=1e-5)
+    assert pruner.lambda_2.grad.item() == pytest.approx(-gap * gap, rel=1e-5)
+    # the gates are not negated: they descend, so a negative lambda_1 closes gates (log_alpha down)
+    gates = next(iter(pruner.parametrizations().values())).log_alpha
+    assert torch.all(gates.grad > 0)
+
+    groups = pruner.param_groups()
+    multipliers = groups[1]["params"]
+    assert multipliers[0] is pruner.lambda_1 and multipliers[1] is pruner.lambda_2
+    torch.optim.SGD(multipliers, lr=1.0).step()
+    # ascent on l1 * gap: with gap < 0 the multiplier goes further down
+    assert pruner.lambda_1.item() == pytest.approx(-0.5 + gap, rel=1e-5)
+
+
+def test_l0_gates_are_fixed_after_the_window():
+    model = tiny_bert()
+    pruner = get_pruner_class("l0")(recipe("l0"))
+    pruner.attach(model, TOTAL_STEPS)
+    pruner.on_step_end(pruner.schedule.end_step)
+    assert pruner.frozen
+    assert pruner.penalty() is None
+    assert pruner.current_sparsity() == expected_zeros(16384, TARGET) / 16384
+    module = pruner.modules["bert.encoder.layer.0.attention.self.key"]
+    model.train()  # no sampling once fixed: the weight is exactly original * mask
+    assert torch.equal(module.weight, module.parametrizations.weight.original * module.parametrizations.weight[0].mask)
+
+
+# --- finalised checkpoints -------------------------------------------------------------------
+
+
+def test_finalised_bermo_round_trips_through_auto_class(tmp_path):
+    model = tiny_bermo()
+    pruner = get_pruner_class("magnitude")(recipe("magnitude"))
+    pruner.attach(model, TOTAL_STEPS)
+    train(model, pruner)
+    pruner.finalize()
+    model.eval()
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").is_file()
+
+    reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
+    assert type(reloaded) is BermoForSequenceClassification
+    a, b = dict(model.named_parameters()), dict(reloaded.named_parameters())
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name] == 0, b[name] == 0), name
+    targeted = targeted_weight_names(reloaded)
+    total = sum(b[n].numel() for n in targeted)
+    assert sum(int((b[n] == 0).sum()) for n in targeted) == expected_zeros(total, TARGET)
+    batch = {k: v for k, v in inputs().items() if k != "labels"}
+    with torch.no_grad():
+        assert torch.equal(model(**batch).logits, reloaded(**batch).logits)
+
+
+# --- third-party pruners ---------------------------------------------------------------------
+
+
+class RandomTestPruner(Pruner):
+    name = "random_test"
+
+    def scores(self):
+        return {name: torch.rand(m.weight.shape) for name, m in self.modules.items()}
+
+
+@pytest.fixture
+def own_registry(monkeypatch):
+    """A copy of the real registry (built-ins discovered), restored after the test."""
+    available_pruners()
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    return registry._REGISTRY
+
+
+def test_builtin_pruners_are_registered():
+    assert {"magnitude", "movement", "soft_movement", "l0"} <= set(available_pruners())
+
+
+def test_third_party_pruner_registers_validates_and_prunes(own_registry):
+    assert "random_test" not in available_pruners()
+    register_pruner(RandomTestPruner)
+    assert available_pruners()["random_test"] is RandomTestPruner
+    assert {"magnitude", "movement", "soft_movement", "l0"} <= set(available_pruners())
+
+    r = Recipe.model_validate({"name": "random", "pruner": {"name": "random_test"}, "target_sparsity": 0.6})
+    assert r.pruner.options == RandomTestPruner.Options()
+    with pytest.raises(ValueError, match="options"):
+        Recipe.model_validate({"name": "random", "pruner": {"name": "random_test", "options": {"x": 1}}, "target_sparsity": 0.6})
+
+    torch.manual_seed(0)
+    model = tiny_bert()
+    pruner = get_pruner_class("random_test")(r)
+    pruner.attach(model, TOTAL_STEPS)
+    train(model, pruner)
+    pruner.finalize()
+    assert not any(parametrize.is_parametrized(m) for m in model.modules())
+    params = dict(model.named_parameters())
+    targeted = targeted_weight_names(model)
+    total = sum(params[n].numel() for n in targeted)
+    assert sum(int((params[n] == 0).sum()) for n in targeted) == expected_zeros(total, 0.6)
+
+
+def test_pruner_without_name_is_refused(own_registry):
+    class Nameless(Pruner):
+        pass
+
+    with pytest.raises(TypeError, match="name"):
+        register_pruner(Nameless)
+
+
+def test_entry_point_discovery(monkeypatch, own_registry):
+    class EntryPointPruner(RandomTestPruner):
+        name = "from_entry_point"
+
+    calls = []
+
+    def fake_entry_points(group=None, **kwargs):
+        calls.append(group)
+        return [SimpleNamespace(name="from_entry_point", load=lambda: EntryPointPruner)]
+
+    monkeypatch.setattr(registry, "entry_points", fake_entry_points)
+    monkeypatch.setattr(registry, "_discovered", False)
+    pruners = available_pruners()
+    assert calls == [registry.ENTRY_POINT_GROUP]
+    assert pruners["from_entry_point"] is EntryPointPruner
+    assert {"magnitude", "movement", "soft_movement", "l0"} <= set(pruners)
+    r = Recipe.model_validate({"name": "ep", "pruner": {"name": "from_entry_point"}, "target_sparsity": 0.5})
+    assert r.pruner.name == "from_entry_point"
+    available_pruners()
+    assert len(calls) == 1  # discovery runs once
