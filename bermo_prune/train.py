@@ -199,6 +199,7 @@ def train_and_evaluate(
     dev_tok = tokenize_dataset(dev, tokenizer, task.name, training.max_length)
 
     guard = DivergenceGuard(divergence or DivergenceSpec())
+    total_steps = _total_steps(train_tok, training)
     args = TrainingArguments(
         output_dir=str(Path(out_dir) / "trainer"),
         per_device_train_batch_size=training.batch_size,
@@ -213,7 +214,7 @@ def train_and_evaluate(
         eval_strategy="epoch",
         save_strategy="no",
         logging_strategy="steps",
-        logging_steps=LOG_EVERY,
+        logging_steps=max(1, min(LOG_EVERY, total_steps // 20)),  # a loss curve even for short runs
         report_to="none",
         disable_tqdm=True,
         use_cpu=not torch.cuda.is_available(),
@@ -236,7 +237,6 @@ def train_and_evaluate(
     )
     trainer.remove_callback(PrinterCallback)  # our own progress bar (or silence) replaces it
 
-    total_steps = _total_steps(trainer, train_tok, training)
     target_names = list(select_modules(model, [DEFAULT_INCLUDE]).keys())
     if pruner is not None:
         pruner.attach(model, total_steps)
@@ -283,7 +283,7 @@ def train_and_evaluate(
     return result
 
 
-def _total_steps(trainer: Trainer, train_dataset, training: TrainingSpec) -> int:
+def _total_steps(train_dataset, training: TrainingSpec) -> int:
     batches = math.ceil(len(train_dataset) / training.batch_size)
     return max(1, math.ceil(batches * training.epochs))
 

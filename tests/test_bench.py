@@ -1,0 +1,186 @@
+"""Sweeps end to end on the tiny checkpoint: results, resume, shards, divergence, reports."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+
+from bermo_prune.bench.report import load_results, summarize, write_report
+from bermo_prune.bench.runner import pending_runs, run_sweep
+from bermo_prune.bench.spec import expand, load_spec
+from bermo_prune.cli import main
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def write_spec(path: Path, checkpoint: Path, data: Path, **overrides) -> Path:
+    spec = {
+        "name": "tiny",
+        "checkpoint": str(checkpoint),
+        "task": "sst2",
+        "data": str(data),
+        "archs": ["bert", "bermo"],
+        "recipes": [str(RECIPES / "sst2-magnitude.yaml"), str(RECIPES / "sst2-movement.yaml")],
+        "sparsities": [0.5, 0.8],
+        "seeds": [0],
+        "training": {"max_train_samples": 64, "epochs": 1, "batch_size": 16},
+    }
+    spec.update(overrides)
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def report_text(results_dir: Path, tmp_path: Path, name: str) -> str:
+    files = write_report(results_dir, tmp_path / name)
+    return Path(files["markdown"]).read_text() + Path(files["csv"]).read_text()
+
+
+def test_sweep_completes_and_report_has_one_row_per_cell(tmp_path, tiny_checkpoint, tiny_glue):
+    spec = write_spec(tmp_path / "spec.yaml", tiny_checkpoint, tiny_glue)
+    executed = run_sweep(spec, tmp_path / "results")
+    assert len(executed) == 8  # 2 archs x 2 pruners x 2 sparsities x 1 seed
+    results = load_results(tmp_path / "results")
+    assert {r["status"] for r in results} <= {"ok", "diverged"}
+    for r in results:
+        # exactly round(target * n) zeros
+        n = r["sparsity"]["targeted_params"]
+        assert round(r["sparsity"]["targeted"] * n) == round(r["target_sparsity"] * n)
+        assert r["loss_curve"], r["run_id"]
+        assert (r["layer_weights"] is not None) == (r["arch"] == "bermo")
+    rows = summarize(results)
+    assert sorted((r["arch"], r["pruner"], r["target_sparsity"]) for r in rows) == sorted(
+        (a, p, s) for a in ("bert", "bermo") for p in ("magnitude", "movement") for s in (0.5, 0.8)
+    )
+    assert all(r["seeds"] == 1 for r in rows)
+    files = write_report(tmp_path / "results", tmp_path / "report")
+    markdown = Path(files["markdown"]).read_text()
+    assert markdown.count("| magnitude |") == 4 and markdown.count("| movement |") == 4
+    for key in ("accuracy_plot", "divergence_plot", "layer_weights_plot"):
+        assert Path(files[key]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(json.loads(Path(files["json"]).read_text())) == 8
+
+    # "Kill" the sweep: drop two results (as if it stopped before them) and resume.
+    before = report_text(tmp_path / "results", tmp_path, "before")
+    for run_id in ("bert-movement-s0.8-seed0", "bermo-magnitude-s0.5-seed0"):
+        (tmp_path / "results" / "runs" / f"{run_id}.json").unlink()
+    spec_model = load_spec(spec)
+    assert {r.run_id for r in pending_runs(spec_model, tmp_path / "results")} == {
+        "bert-movement-s0.8-seed0", "bermo-magnitude-s0.5-seed0"
+    }
+    resumed = run_sweep(spec, tmp_path / "results")
+    assert {r.run_id for r in resumed} == {"bert-movement-s0.8-seed0", "bermo-magnitude-s0.5-seed0"}
+    assert report_text(tmp_path / "results", tmp_path, "after") == before  # same seeds, same numbers
+    assert run_sweep(spec, tmp_path / "results") == []  # nothing left to do
+
+
+def test_shards_partition_the_sweep_and_give_the_same_report(tmp_path, tiny_checkpoint, tiny_glue):
+    spec = write_spec(tmp_path / "spec.yaml", tiny_checkpoint, tiny_glue, recipes=[str(RECIPES / "sst2-magnitude.yaml")],
+                      sparsities=[0.5], seeds=[0, 1])
+    first = run_sweep(spec, tmp_path / "sharded", shard=(1, 2))
+    second = run_sweep(spec, tmp_path / "sharded", shard=(2, 2))
+    all_runs = expand(load_spec(spec))
+    assert len(first) + len(second) == len(all_runs) == 4
+    assert {r.run_id for r in first}.isdisjoint({r.run_id for r in second})
+    run_sweep(spec, tmp_path / "whole")
+    assert report_text(tmp_path / "sharded", tmp_path, "a") == report_text(tmp_path / "whole", tmp_path, "b")
+
+
+def test_a_diverging_run_is_recorded_and_the_sweep_goes_on(tmp_path, tiny_checkpoint, tiny_glue):
+    spec = write_spec(
+        tmp_path / "spec.yaml", tiny_checkpoint, tiny_glue, archs=["bert"], recipes=[str(RECIPES / "sst2-magnitude.yaml")],
+        sparsities=[0.5], seeds=[0, 1], training={"max_train_samples": 64, "epochs": 1, "learning_rate": 1.0e6},
+    )
+    executed = run_sweep(spec, tmp_path / "results")
+    assert len(executed) == 2
+    results = load_results(tmp_path / "results")
+    assert [r["status"] for r in results] == ["diverged", "diverged"]
+    assert all(r["reason"] for r in results)
+    rows = summarize(results)
+    assert rows[0]["diverged"] == 2
+    files = write_report(tmp_path / "results", tmp_path / "report")
+    assert "diverged_loss_plot" in files
+
+
+def test_a_crashing_run_is_recorded_and_the_sweep_goes_on(tmp_path, tiny_checkpoint, tiny_glue, monkeypatch):
+    spec = write_spec(tmp_path / "spec.yaml", tiny_checkpoint, tiny_glue, archs=["bert"],
+                      recipes=[str(RECIPES / "sst2-magnitude.yaml")], sparsities=[0.5, 0.8])
+    from bermo_prune import runs
+
+    real_prune = runs.prune
+
+    def flaky(checkpoint, recipe, *args, **kwargs):
+        if recipe.target_sparsity == 0.5:
+            raise RuntimeError("simulated out-of-memory")
+        return real_prune(checkpoint, recipe, *args, **kwargs)
+
+    monkeypatch.setattr(runs, "prune", flaky)
+    run_sweep(spec, tmp_path / "results")
+    by_id = {r["run_id"]: r for r in load_results(tmp_path / "results")}
+    assert by_id["bert-magnitude-s0.5-seed0"]["status"] == "crashed"
+    assert "simulated out-of-memory" in by_id["bert-magnitude-s0.5-seed0"]["reason"]
+    assert by_id["bert-magnitude-s0.8-seed0"]["status"] in ("ok", "diverged")
+    assert pending_runs(load_spec(spec), tmp_path / "results") == []
+    assert [r.run_id for r in pending_runs(load_spec(spec), tmp_path / "results", retry_crashed=True)] == [
+        "bert-magnitude-s0.5-seed0"
+    ]
+
+
+def test_dense_baselines_and_retention(tmp_path, tiny_checkpoint, tiny_glue):
+    spec = write_spec(tmp_path / "spec.yaml", tiny_checkpoint, tiny_glue, archs=["bermo"],
+                      recipes=["dense", str(RECIPES / "sst2-magnitude.yaml")], sparsities=[0.5])
+    run_sweep(spec, tmp_path / "results")
+    rows = {r["pruner"]: r for r in summarize(load_results(tmp_path / "results"))}
+    assert set(rows) == {"dense", "magnitude"}
+    assert rows["magnitude"]["dense_mean"] == rows["dense"]["metric_mean"]
+    assert rows["magnitude"]["retention"] == pytest.approx(rows["magnitude"]["metric_mean"] / rows["dense"]["metric_mean"])
+
+
+def test_start_from_a_dense_finetune(tmp_path, tiny_checkpoint, tiny_glue):
+    spec = write_spec(tmp_path / "spec.yaml", tiny_checkpoint, tiny_glue, archs=["bermo"],
+                      recipes=[str(RECIPES / "sst2-magnitude.yaml")], sparsities=[0.5],
+                      start={"seed": 0, "training": {"max_train_samples": 64, "epochs": 1}})
+    run_sweep(spec, tmp_path / "results")
+    start = tmp_path / "results" / "start" / "bermo"
+    assert json.loads((start / "metrics.json").read_text())["arch"] == "bermo"
+    (result,) = load_results(tmp_path / "results")
+    assert result["checkpoint"] == str(start)
+
+
+@pytest.mark.parametrize(
+    ("change", "fragment"),
+    [
+        ({"colour": "red"}, "colour: unknown key"),
+        ({"sparsities": [1.0]}, "sparsities"),
+        ({"archs": ["gpt"]}, "archs"),
+        ({"recipes": ["no-such-recipe"]}, "no-such-recipe"),
+        ({"seeds": "zero"}, "seeds"),
+        ({"training": {"epochs": -1}}, "training.epochs"),
+    ],
+)
+def test_malformed_spec_is_a_one_line_error(tmp_path, tiny_checkpoint, tiny_glue, change, fragment):
+    spec = write_spec(tmp_path / "spec.yaml", tiny_checkpoint, tiny_glue, **change)
+    result = CliRunner().invoke(main, ["bench", str(spec), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1 and fragment in errors[0], result.output
+    assert not (tmp_path / "out" / "runs").exists() or not any((tmp_path / "out" / "runs").iterdir())
+
+
+def test_bad_shard_is_a_user_error(tmp_path, tiny_checkpoint, tiny_glue):
+    spec = write_spec(tmp_path / "spec.yaml", tiny_checkpoint, tiny_glue)
+    result = CliRunner().invoke(main, ["bench", str(spec), "--out", str(tmp_path / "out"), "--shard", "3/2"])
+    assert result.exit_code == 2 and "--shard" in result.output
