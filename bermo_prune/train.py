@@ -243,7 +243,7 @@ def train_and_evaluate(
         target_names = list(pruner.modules)
 
     start = time.perf_counter()
-    trainer.train()
+    train_output = trainer.train()
     wall = time.perf_counter() - start
     if pruner is not None:
         pruner.finalize()
@@ -273,7 +273,7 @@ def train_and_evaluate(
         steps=steps,
         train_examples=len(train_tok),
         wall_time_s=wall,
-        train_examples_per_s=steps * training.batch_size / wall if wall > 0 else 0.0,
+        train_examples_per_s=train_output.metrics.get("train_samples_per_second", 0.0),
         loss_curve=[{k: h[k] for k in ("step", "loss", "sparsity") if k in h} for h in history if "loss" in h],
         eval_history=evals,
     )

@@ -20,7 +20,7 @@ from bermo_prune.io import write_json_atomic
 DENSE = "dense"
 COLUMNS = (
     "arch", "pruner", "target_sparsity", "achieved_sparsity", "seeds", "diverged", "crashed",
-    "metric_mean", "metric_std", "best_mean", "healthy_mean", "dense_mean", "retention",
+    "metric_mean", "metric_std", "best_mean", "healthy_mean", "dense_mean", "retention", "train_examples_per_s",
 )
 
 
@@ -66,6 +66,7 @@ def summarize(results: list[dict]) -> list[dict]:
         healthy = [v for r in finished if r["status"] == "ok" and (v := _main_value(r)) is not None]
         best = [r["best_metric"] for r in finished if r.get("best_metric") is not None]
         achieved = [r["sparsity"]["targeted"] for r in finished if r.get("sparsity")]
+        speed = [r["train_examples_per_s"] for r in finished if r.get("train_examples_per_s")]
         metric_mean, metric_std = _stats(values)
         base = dense.get(arch)
         rows.append({
@@ -82,6 +83,7 @@ def summarize(results: list[dict]) -> list[dict]:
             "healthy_mean": mean(healthy) if healthy else None,
             "dense_mean": base,
             "retention": metric_mean / base if metric_mean is not None and base else None,
+            "train_examples_per_s": mean(speed) if speed else None,
         })
     return rows
 
@@ -102,15 +104,15 @@ def markdown(rows: list[dict], results: list[dict]) -> str:
         "(diverged runs included); `healthy` = mean of the runs that did not diverge; retention = mean / dense "
         "mean of the same arch and budget. Sparsity is over the encoder Linear weights.",
         "",
-        "| pruner | target | arch | achieved | seeds | diverged | " + metric + " | healthy | best | retention |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| pruner | target | arch | achieved | seeds | diverged | " + metric + " | healthy | best | retention | ex/s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         spread = f"{_fmt(r['metric_mean'], True)} +/- {_fmt(r['metric_std'], True)}" if r["metric_mean"] is not None else "-"
         lines.append(
             f"| {r['pruner']} | {r['target_sparsity']:.0%} | {r['arch']} | {_fmt(r['achieved_sparsity'], True)} | "
             f"{r['seeds']} | {r['diverged']} | {spread} | {_fmt(r['healthy_mean'], True)} | {_fmt(r['best_mean'], True)} | "
-            f"{_fmt(r['retention'])} |"
+            f"{_fmt(r['retention'])} | {r['train_examples_per_s'] or 0:.0f} |"
         )
     crashed = sum(r["crashed"] for r in rows)
     lines += ["", f"Crashed runs (not in the means): {crashed}.", ""]

@@ -111,7 +111,8 @@ def start_training(spec: SweepSpec) -> TrainingSpec:
 
 
 def expand(spec: SweepSpec) -> list[Run]:
-    """Every run of the sweep, in a stable order (the order shards are cut from)."""
+    """Every run of the sweep, in a stable order (the order shards are cut from): seed-major and
+    arch-innermost, so a sweep stopped half-way has whole seeds done with BERT and BERMo paired."""
     runs = []
     for arch in spec.archs:
         for name in spec.recipes:
@@ -125,4 +126,5 @@ def expand(spec: SweepSpec) -> list[Run]:
                 if extra is not None and sparsity >= extra.min_sparsity:
                     seeds += [s for s in extra.seeds if s not in seeds]
                 runs += [Run(arch=arch, recipe=name, pruner=pruner, sparsity=sparsity, seed=seed) for seed in seeds]
-    return runs
+    order = {name: i for i, name in enumerate(spec.recipes)}
+    return sorted(runs, key=lambda r: (r.seed, order[r.recipe], r.sparsity, spec.archs.index(r.arch)))

@@ -88,7 +88,10 @@ def _load(model_class, checkpoint: str, **kwargs):
     logging.getLogger("transformers.modeling_utils").setLevel(logging.ERROR)
     return _hub_call(
         checkpoint,
-        lambda: model_class.from_pretrained(checkpoint, ignore_mismatched_sizes=True, trust_remote_code=False, **kwargs),
+        # safetensors only: a pickled checkpoint is never opened, so it can never run code.
+        lambda: model_class.from_pretrained(
+            checkpoint, ignore_mismatched_sizes=True, trust_remote_code=False, use_safetensors=True, **kwargs
+        ),
     )
 
 
@@ -97,6 +100,6 @@ def _hub_call(checkpoint: str, load):
         return load()
     except BermoPruneError:
         raise
-    except (OSError, ValueError, RuntimeError, EnvironmentError) as exc:
+    except Exception as exc:  # the loading boundary: any failure to read a checkpoint is the input's fault
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BermoPruneError(f"cannot load {checkpoint}: {first_line}") from None

@@ -66,7 +66,7 @@ class Pruner:
 
     def freeze(self) -> None:
         """Fix masks at exactly the target sparsity; later steps only fine-tune the kept weights."""
-        self.set_masks(M.topk_masks(self.final_scores(), self.recipe.target_sparsity, self.recipe.scope))
+        self.set_masks(M.topk_masks(self.scores(), self.recipe.target_sparsity, self.recipe.scope))
         self.frozen = True
         self.frozen_at = self.step
 
@@ -87,9 +87,6 @@ class Pruner:
     def scores(self) -> dict[str, torch.Tensor]:
         """Importance of every targeted weight (higher = keep)."""
         raise NotImplementedError
-
-    def final_scores(self) -> dict[str, torch.Tensor]:
-        return self.scores()
 
     def update(self, sparsity: float) -> None:
         self.set_masks(M.topk_masks(self.scores(), sparsity, self.recipe.scope))
