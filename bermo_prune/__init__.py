@@ -4,10 +4,13 @@ from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from bermo_prune.errors import BermoPruneError
 from bermo_prune.models import BermoConfig, BermoForSequenceClassification, load_classifier
+from bermo_prune.models.compact_shapes import CompactBertConfig, CompactBertForSequenceClassification
 
 __version__ = "0.1.0"
 
 AutoConfig.register(BermoConfig.model_type, BermoConfig, exist_ok=True)
 AutoModelForSequenceClassification.register(BermoConfig, BermoForSequenceClassification, exist_ok=True)
+AutoConfig.register(CompactBertConfig.model_type, CompactBertConfig, exist_ok=True)
+AutoModelForSequenceClassification.register(CompactBertConfig, CompactBertForSequenceClassification, exist_ok=True)
 
 __all__ = ["BermoConfig", "BermoForSequenceClassification", "BermoPruneError", "load_classifier", "__version__"]

@@ -58,9 +58,11 @@ def test_sweep_completes_and_report_has_one_row_per_cell(tmp_path, tiny_checkpoi
     results = load_results(tmp_path / "results")
     assert {r["status"] for r in results} <= {"ok", "diverged"}
     for r in results:
-        # exactly round(target * n) zeros
         n = r["sparsity"]["targeted_params"]
-        assert round(r["sparsity"]["targeted"] * n) == round(r["target_sparsity"] * n)
+        if r["recipe"]["scope"] == "global":  # exactly round(target * n) zeros
+            assert round(r["sparsity"]["targeted"] * n) == round(r["target_sparsity"] * n)
+        else:  # rounded within each of the targeted matrices
+            assert abs(r["sparsity"]["targeted"] - r["target_sparsity"]) * n <= len(r["sparsity"]["per_layer"]) / 2
         assert r["loss_curve"], r["run_id"]
         assert (r["layer_weights"] is not None) == (r["arch"] == "bermo")
     rows = summarize(results)

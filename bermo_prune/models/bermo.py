@@ -20,6 +20,8 @@ from transformers import BertConfig, BertModel
 from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.models.bert.modeling_bert import BertPreTrainedModel
 
+from bermo_prune.models.compact_shapes import apply_compact_shapes
+
 POOLING_MODES = ("cls", "mean")
 
 
@@ -84,6 +86,7 @@ class BermoForSequenceClassification(BertPreTrainedModel):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.bert = BertModel(config)
+        apply_compact_shapes(self.bert, config)  # a compacted checkpoint's per-layer shapes
         num_states = config.num_hidden_layers + (1 if config.bermo_mix_embeddings else 0)
         self.scalar_mix = ScalarMix(num_states, layer_norm=config.bermo_layer_norm)
         dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob

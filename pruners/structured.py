@@ -1,0 +1,241 @@
+"""Structured pruning of whole attention heads and whole FFN neurons.
+
+A head h of a layer owns rows h*d..(h+1)*d of query/key/value (weights and biases) and the same
+columns of attention.output.dense; an FFN neuron j owns row j of intermediate.dense (and its bias)
+and column j of output.dense. Masks act on all of these at once, biases included, so a pruned
+head or neuron outputs exactly zero and ``bermo_prune.compact`` can remove it without changing
+the logits.
+
+``target_sparsity`` (or the options ``head_sparsity`` / ``neuron_sparsity``) is the fraction of
+heads and of neurons removed, exactly: round(s * n) over the whole encoder (``global`` scope) or
+round(s * n_layer) in each layer (``per_layer``). The schedule's progress s(t) / target scales
+both targets. Each layer keeps at least one head unless ``allow_empty_attention`` is set.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+from torch.nn.utils import parametrize
+
+from bermo_prune.errors import BermoPruneError
+from bermo_prune.pruning import masks as M
+from bermo_prune.pruning.base import Pruner
+from bermo_prune.pruning.registry import register_pruner
+from pruners.movement import MovementMask
+
+ROLES = {
+    "attention.self.query": "q", "attention.self.key": "k", "attention.self.value": "v",
+    "attention.output.dense": "o", "intermediate.dense": "up", "output.dense": "down",
+}
+_NAME = re.compile(r"^(.*\.)?(encoder\.layer\.\d+)\.(" + "|".join(re.escape(r) for r in ROLES) + r")$")
+
+
+class StructuredOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    head_sparsity: float | None = Field(None, ge=0, le=1, description="fraction of heads removed (default: target_sparsity)")
+    neuron_sparsity: float | None = Field(None, ge=0, le=1, description="fraction of FFN neurons removed (default: target_sparsity)")
+    allow_empty_attention: bool = Field(False, description="allow a layer to lose all its heads")
+
+
+@dataclass
+class Layer:
+    """The six Linear layers of one encoder block, as (row/column) groups."""
+
+    name: str
+    q: nn.Linear
+    k: nn.Linear
+    v: nn.Linear
+    o: nn.Linear
+    up: nn.Linear
+    down: nn.Linear
+    head_size: int
+
+    @property
+    def num_heads(self) -> int:
+        return self.q.out_features // self.head_size
+
+    @property
+    def num_neurons(self) -> int:
+        return self.up.out_features
+
+
+def group_rows(t: torch.Tensor, groups: int) -> torch.Tensor:
+    """[groups * size, ...] -> [groups, size * ...]: one row of entries per group."""
+    return t.reshape(groups, -1)
+
+
+def group_cols(t: torch.Tensor, groups: int) -> torch.Tensor:
+    return t.reshape(t.shape[0], groups, -1).transpose(0, 1).reshape(groups, -1)
+
+
+def select_keep(scores: dict[str, torch.Tensor], fraction: float, scope: str, min_keep: int, what: str = "heads") -> dict[str, torch.Tensor]:
+    """Boolean keep vectors pruning exactly round(fraction * n) groups (overall or per layer),
+    while each layer keeps its ``min_keep`` best groups."""
+    if scope == "per_layer":
+        keep = {}
+        for name, s in scores.items():
+            k = M.keep_count(s.numel(), fraction)
+            if k < min(min_keep, s.numel()):
+                raise BermoPruneError(f"{name}: pruning {fraction:.0%} of {s.numel()} {what} leaves fewer than {min_keep}; "
+                                      "set allow_empty_attention or lower the target")
+            keep[name] = M._topk_mask(s.float(), k).bool()
+        return keep
+    protected = []
+    for s in scores.values():  # the best min_keep groups of every layer rank above everything else
+        s = s.float().clone()
+        s[torch.topk(s, min(min_keep, s.numel())).indices] = float("inf")
+        protected.append(s)
+    flat = torch.cat(protected)
+    k = M.keep_count(flat.numel(), fraction)
+    needed = sum(min(min_keep, s.numel()) for s in scores.values())
+    if k < needed:
+        raise BermoPruneError(f"pruning {fraction:.0%} of {flat.numel()} {what} leaves {k}, fewer than {needed} "
+                              f"({min_keep} per layer); set allow_empty_attention or lower the target")
+    mask = M._topk_mask(flat, k).bool()
+    return dict(zip(scores, mask.split([s.numel() for s in scores.values()])))
+
+
+class StructuredPruner(Pruner):
+    """Head/neuron masks on the recipe's schedule; subclasses say how to score the groups."""
+
+    Options = StructuredOptions
+    weight_mask = M.MaskedWeight  # parametrisation class for weights and biases
+
+    # --- building the groups --------------------------------------------------------------------
+    def make_parametrization(self, name, module):
+        return self.weight_mask(module.weight.shape, device=module.weight.device)
+
+    def on_attach(self):
+        found: dict[str, dict] = {}
+        for name, module in self.modules.items():
+            match = _NAME.match(name)
+            if match is None:
+                raise BermoPruneError(f"structured pruner {self.name}: {name} is not an encoder Linear of a BERT layer")
+            found.setdefault((match.group(1) or "") + match.group(2), {})[ROLES[match.group(3)]] = module
+        model_modules = dict(self._model.named_modules())
+        self.layers = []
+        for prefix, roles in found.items():
+            if len(roles) != len(ROLES):
+                missing = sorted(set(ROLES.values()) - set(roles))
+                raise BermoPruneError(f"structured pruner {self.name}: recipe targets leave out {missing} of {prefix}")
+            head_size = model_modules[f"{prefix}.attention.self"].attention_head_size
+            self.layers.append(Layer(prefix, head_size=head_size, **roles))
+        self.bias_masks = {}
+        for layer in self.layers:  # the biases of the pruned rows; output.dense's bias is shared
+            for module in (layer.q, layer.k, layer.v, layer.up):
+                mask = self.weight_mask(module.bias.shape, device=module.bias.device)
+                parametrize.register_parametrization(module, "bias", mask)
+                self.bias_masks[id(module)] = mask
+        head_target = self.targets()[0]  # an unreachable target fails now, not when the window closes
+        min_heads = 0 if self.options.allow_empty_attention else 1
+        select_keep({l.name: torch.zeros(l.num_heads) for l in self.layers}, head_target, self.recipe.scope, min_heads)
+
+    def attach(self, model, total_steps):
+        self._model = model  # on_attach looks up each layer's head size
+        super().attach(model, total_steps)
+
+    # --- scores and masks ------------------------------------------------------------------------
+    def group_scores(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """(head scores [num_heads] per layer, neuron scores [num_neurons] per layer); higher = keep."""
+        raise NotImplementedError
+
+    def targets(self) -> tuple[float, float]:
+        o, t = self.options, self.recipe.target_sparsity
+        return (t if o.head_sparsity is None else o.head_sparsity), (t if o.neuron_sparsity is None else o.neuron_sparsity)
+
+    def keep_masks(self, progress: float):
+        head_target, neuron_target = self.targets()
+        head_scores, neuron_scores = self.group_scores()
+        min_heads = 0 if self.options.allow_empty_attention else 1
+        scope = self.recipe.scope
+        heads = select_keep(head_scores, head_target * progress, scope, min_heads)
+        neurons = select_keep(neuron_scores, neuron_target * progress, scope, 0, "neurons")
+        return heads, neurons
+
+    def update(self, sparsity):
+        target = self.recipe.target_sparsity
+        self.apply_keep(*self.keep_masks(min(1.0, sparsity / target) if target > 0 else 1.0))
+
+    def freeze(self):
+        self.apply_keep(*self.keep_masks(1.0))
+        self.frozen = True
+        self.frozen_at = self.step
+
+    def apply_keep(self, heads: dict[str, torch.Tensor], neurons: dict[str, torch.Tensor]) -> None:
+        """Write head/neuron keep vectors into the weight and bias masks of every layer."""
+        masks = self.parametrizations()
+        names = {id(m): n for n, m in self.modules.items()}
+        with torch.no_grad():
+            for layer in self.layers:
+                rows = heads[layer.name].float().repeat_interleave(layer.head_size)
+                for module in (layer.q, layer.k, layer.v):
+                    masks[names[id(module)]].mask.copy_(rows[:, None].expand_as(module.weight))
+                    self.bias_masks[id(module)].mask.copy_(rows)
+                masks[names[id(layer.o)]].mask.copy_(rows[None, :].expand_as(layer.o.weight))
+                keep = neurons[layer.name].float()
+                masks[names[id(layer.up)]].mask.copy_(keep[:, None].expand_as(layer.up.weight))
+                self.bias_masks[id(layer.up)].mask.copy_(keep)
+                masks[names[id(layer.down)]].mask.copy_(keep[None, :].expand_as(layer.down.weight))
+
+    def finalize(self):
+        super().finalize()  # bakes the weight masks
+        for layer in self.layers:
+            for module in (layer.q, layer.k, layer.v, layer.up):
+                with torch.no_grad():
+                    module.parametrizations.bias.original.mul_(self.bias_masks[id(module)].mask)
+                parametrize.remove_parametrizations(module, "bias", leave_parametrized=False)
+
+    def state_summary(self):
+        kept = self.structure_summary().values()
+        return {"heads": sum(k["heads"] for k in kept), "neurons": sum(k["neurons"] for k in kept)}
+
+    def structure_summary(self) -> dict:
+        """Heads and neurons kept per layer (from the current masks)."""
+        return {layer.name: {"heads": int(self.bias_masks[id(layer.q)].mask.sum()) // layer.head_size,
+                             "neurons": int(self.bias_masks[id(layer.up)].mask.sum())} for layer in self.layers}
+
+    # --- helpers for the criteria ----------------------------------------------------------------
+    def per_group(self, layer: Layer, tensor_of, reduce) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reduce ``tensor_of(module, 'weight' | 'bias')`` over each head and neuron group."""
+        h, n = layer.num_heads, layer.num_neurons
+        head_parts = [group_rows(tensor_of(m, "weight"), h) for m in (layer.q, layer.k, layer.v)]
+        head_parts += [group_rows(tensor_of(m, "bias"), h) for m in (layer.q, layer.k, layer.v)]
+        head_parts.append(group_cols(tensor_of(layer.o, "weight"), h))
+        neuron_parts = [group_rows(tensor_of(layer.up, "weight"), n), group_rows(tensor_of(layer.up, "bias"), n),
+                        group_cols(tensor_of(layer.down, "weight"), n)]
+        return reduce(torch.cat(head_parts, dim=1)), reduce(torch.cat(neuron_parts, dim=1))
+
+    def by_layer(self, tensor_of, reduce):
+        pairs = {layer.name: self.per_group(layer, tensor_of, reduce) for layer in self.layers}
+        return {k: v[0] for k, v in pairs.items()}, {k: v[1] for k, v in pairs.items()}
+
+
+def _original(module: nn.Module, tensor: str) -> torch.Tensor:
+    return getattr(module.parametrizations, tensor).original.detach()
+
+
+@register_pruner
+class HeadNeuronMagnitudePruner(StructuredPruner):
+    """Importance = L2 norm of all the weights (and biases) a head or neuron owns."""
+
+    name = "head_neuron_magnitude"
+
+    def group_scores(self):
+        return self.by_layer(_original, lambda g: g.float().pow(2).sum(dim=1).sqrt())
+
+
+@register_pruner
+class HeadNeuronMovementPruner(StructuredPruner):
+    """Importance = movement score -sum(W * dL/dW') accumulated over training, summed over the
+    group (Sanh et al. 2020 applied to blocks, as in their head pruning experiments)."""
+
+    name = "head_neuron_movement"
+    weight_mask = MovementMask  # accumulates -W * dL/dW' per entry, biases included
+
+    def group_scores(self):
+        return self.by_layer(lambda m, t: getattr(m.parametrizations, t)[0].scores, lambda g: g.sum(dim=1))

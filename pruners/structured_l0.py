@@ -1,0 +1,140 @@
+"""L0 gates per attention head and per FFN neuron (CoFi, Xia, Zhong & Chen 2022).
+
+Each head and each intermediate neuron has a hard-concrete gate z (the distribution of
+``pruners.l0``). As in CoFi the gate multiplies the head's attention output and the neuron's
+activation, through forward hooks: one sample per forward pass is shared by all the weights of
+the group (gating every weight matrix separately would draw different samples for q, k, v and o
+of one head). The masks of :class:`StructuredPruner` stay at one until the window closes.
+
+Loss terms, with s_h, s_n the expected fractions of closed head / neuron gates and t_h, t_n the
+schedule's head / neuron targets at this step:
+  lambda(t) * (1 - s_w)                                expected-L0 penalty over weights (optional)
+  sum_i l1_i * (s_i - t_i) + l2_i * (s_i - t_i)^2      Lagrangian, i in {heads, neurons}; ascent
+When the window closes, exact top-k of log_alpha fixes the masks and the hooks are removed.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from bermo_prune.pruning.registry import register_pruner
+from pruners.l0 import deterministic_gates, expected_open, sample_gates
+from pruners.structured import StructuredOptions, StructuredPruner
+
+
+class StructuredL0Options(StructuredOptions):
+    gate_lr: float = Field(0.1, gt=0, description="learning rate of log_alpha")
+    lagrangian_lr: float = Field(0.01, gt=0, description="learning rate of the Lagrange multipliers")
+    lagrangian: bool = Field(True, description="drive the expected head/neuron sparsity to the schedule")
+    init_keep: float = Field(0.95, gt=0, lt=1, description="initial keep probability of each gate")
+
+
+@register_pruner
+class HeadNeuronL0Pruner(StructuredPruner):
+    name = "head_neuron_l0"
+    Options = StructuredL0Options
+
+    def on_attach(self):
+        super().on_attach()
+        device = self.layers[0].q.parametrizations.weight.original.device
+        init = math.log(self.options.init_keep) - math.log1p(-self.options.init_keep)
+
+        def gates(n: int) -> nn.Parameter:  # small noise: ties in log_alpha would make top-k arbitrary
+            return nn.Parameter(torch.full((n,), init, device=device) + 0.01 * torch.randn(n, device=device))
+
+        self.head_alpha = {layer.name: gates(layer.num_heads) for layer in self.layers}
+        self.neuron_alpha = {layer.name: gates(layer.num_neurons) for layer in self.layers}
+        self.hooks = []
+        for layer in self.layers:
+            attention = self._model.get_submodule(f"{layer.name}.attention.self")
+            intermediate = self._model.get_submodule(f"{layer.name}.intermediate")
+            self.hooks.append(attention.register_forward_hook(partial(self._gate_heads, layer)))
+            self.hooks.append(intermediate.register_forward_hook(partial(self._gate_neurons, layer)))
+        self.lambda_1 = nn.Parameter(torch.zeros(2, device=device))  # (heads, neurons)
+        self.lambda_2 = nn.Parameter(torch.zeros(2, device=device))
+        for multiplier in (self.lambda_1, self.lambda_2):
+            multiplier.register_hook(torch.neg)  # ascent: the optimizer minimises, the multipliers maximise
+
+    # --- gates in the forward pass ---------------------------------------------------------------
+    @staticmethod
+    def _gates(log_alpha: torch.Tensor, training: bool) -> torch.Tensor:
+        return sample_gates(log_alpha) if training else deterministic_gates(log_alpha)
+
+    def _gate_heads(self, layer, module, args, output):
+        z = self._gates(self.head_alpha[layer.name], module.training).repeat_interleave(layer.head_size)
+        return (output[0] * z.to(output[0].dtype), *output[1:])
+
+    def _gate_neurons(self, layer, module, args, output):
+        return output * self._gates(self.neuron_alpha[layer.name], module.training).to(output.dtype)
+
+    # --- sparsity control ------------------------------------------------------------------------
+    def expected_sparsities(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Expected fractions of (heads, neurons, targeted weights) pruned."""
+        heads = neurons = weights = 0
+        n_heads = n_neurons = n_weights = 0
+        for layer in self.layers:
+            open_heads = expected_open(self.head_alpha[layer.name]).sum()
+            open_neurons = expected_open(self.neuron_alpha[layer.name]).sum()
+            hidden = layer.q.in_features
+            heads, neurons = heads + open_heads, neurons + open_neurons
+            weights = weights + open_heads * 4 * layer.head_size * hidden + open_neurons * 2 * hidden
+            n_heads += layer.num_heads
+            n_neurons += layer.num_neurons
+            n_weights += 4 * layer.q.out_features * hidden + 2 * layer.num_neurons * hidden
+        return 1 - heads / n_heads, 1 - neurons / n_neurons, 1 - weights / n_weights
+
+    def penalty(self):
+        if self.frozen:
+            return None
+        s_heads, s_neurons, s_weights = self.expected_sparsities()
+        loss = s_weights.new_zeros(())
+        weight = self.current_penalty_weight()
+        if weight:
+            loss = loss + weight * (1 - s_weights)
+        if self.options.lagrangian:
+            target = self.recipe.target_sparsity
+            progress = min(1.0, self.schedule(self.step) / target) if target > 0 else 1.0
+            head_target, neuron_target = self.targets()
+            gap = torch.stack([s_heads - head_target * progress, s_neurons - neuron_target * progress])
+            loss = loss + (self.lambda_1 * gap).sum() + (self.lambda_2 * gap * gap).sum()
+        return loss
+
+    def update(self, sparsity):
+        pass  # the Lagrangian follows the schedule every step; masks are fixed when the window closes
+
+    def group_scores(self):
+        detach = lambda alphas: {name: a.detach() for name, a in alphas.items()}  # noqa: E731
+        return detach(self.head_alpha), detach(self.neuron_alpha)
+
+    def freeze(self):
+        super().freeze()
+        for hook in self.hooks:  # from now on the exact masks alone decide
+            hook.remove()
+        self.hooks = []
+        for alpha in [*self.head_alpha.values(), *self.neuron_alpha.values()]:
+            alpha.requires_grad_(False)
+
+    def param_groups(self):
+        gates = [*self.head_alpha.values(), *self.neuron_alpha.values()]
+        groups = [{"params": gates, "lr": self.options.gate_lr, "weight_decay": 0.0}]
+        if self.options.lagrangian:
+            groups.append({"params": [self.lambda_1, self.lambda_2], "lr": self.options.lagrangian_lr, "weight_decay": 0.0})
+        return groups
+
+    def current_sparsity(self):
+        if self.frozen:
+            return super().current_sparsity()
+        return self.expected_sparsities()[2].item()
+
+    def state_summary(self):
+        if self.frozen:
+            return super().state_summary()
+        s_heads, s_neurons, _ = self.expected_sparsities()
+        (l1_heads, l1_neurons), (l2_heads, l2_neurons) = self.lambda_1.tolist(), self.lambda_2.tolist()
+        return {"head_sparsity": s_heads.item(), "neuron_sparsity": s_neurons.item(), "lambda_1_heads": l1_heads,
+                "lambda_1_neurons": l1_neurons, "lambda_2_heads": l2_heads, "lambda_2_neurons": l2_neurons}
