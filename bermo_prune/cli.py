@@ -329,5 +329,42 @@ def _print_run_table(reports: list[dict]) -> None:
     console.print(table)
 
 
+@main.command()
+@click.argument("checkpoint")
+@out_options
+def compact(checkpoint, out, overwrite):
+    """Remove pruned attention heads and FFN neurons for real: a smaller, faster checkpoint."""
+    from bermo_prune.compact import compact_checkpoint
+
+    report = compact_checkpoint(checkpoint, out, overwrite=overwrite)
+    table = Table(title=f"compacted {report['arch']}: {report['parameters_before']:,} -> {report['parameters_after']:,} parameters")
+    for column in ("layer", "heads", "intermediate"):
+        table.add_column(column, justify="right")
+    for i, layer in enumerate(report["layers"]):
+        table.add_row(str(i), f"{layer['heads_before']} -> {layer['heads_after']}",
+                      f"{layer['intermediate_before']} -> {layer['intermediate_after']}")
+    console.print(table)
+    console.print(f"saved to [bold]{out}[/]")
+
+
+@main.command(name="export")
+@click.argument("checkpoint")
+@click.option("--format", "fmt", type=click.Choice(["sparse", "dense"]), default="sparse", show_default=True,
+              help="sparse: bitmask + non-zero values of a checkpoint; dense: a sparse export back to a plain checkpoint.")
+@out_options
+def export_command(checkpoint, fmt, out, overwrite):
+    """Sparse export of a pruned checkpoint (size ~ 1 - sparsity), or its lossless re-import."""
+    from bermo_prune import export
+
+    if fmt == "dense":
+        result = export.export_dense(checkpoint, out, overwrite=overwrite)
+        console.print(f"rebuilt {result['tensors']} tensors ({result['dense_bytes']:,} bytes) into [bold]{out}[/]")
+        return
+    manifest = export.export_sparse(checkpoint, out, overwrite=overwrite)
+    stored, dense = manifest["payload"]["bytes"], manifest["dense_bytes"]
+    console.print(f"{len(manifest['tensors'])} tensors: {dense:,} bytes dense -> {stored:,} bytes sparse "
+                  f"({stored / dense:.1%}); saved to [bold]{out}[/]")
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

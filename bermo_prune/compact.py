@@ -20,7 +20,6 @@ import json
 import shutil
 from pathlib import Path
 
-import torch
 import torch_pruning as tp
 from torch import nn
 from torch.nn.utils import parametrize
@@ -28,7 +27,7 @@ from transformers import AutoTokenizer, BertForSequenceClassification
 
 from bermo_prune.errors import BermoPruneError
 from bermo_prune.io import staged_output, write_json_atomic
-from bermo_prune.models import BermoConfig, BermoForSequenceClassification, load_classifier, resolve_checkpoint
+from bermo_prune.models import BermoConfig, BermoForSequenceClassification, load, load_classifier, resolve_checkpoint
 from bermo_prune.models.compact_shapes import CompactBertConfig, CompactBertForSequenceClassification, EmptySelfAttention
 
 COPIED_FILES = ("pruning_report.json",)  # provenance of the pruned checkpoint travels along
@@ -38,7 +37,7 @@ def alive_groups(layer: nn.Module) -> tuple[list[int], list[int]]:
     """Indices of the heads and neurons of one BertLayer that still contribute to its output."""
     head_size = layer.attention.self.attention_head_size
     o = layer.attention.output.dense.weight.detach()
-    heads = o.reshape(o.shape[0], -1, head_size).ne(0).any(dim=2).any(dim=0) if o.shape[1] else o.new_zeros(0, dtype=torch.bool)
+    heads = o.reshape(o.shape[0], -1, head_size).ne(0).any(dim=2).any(dim=0)  # [num_heads], 0 for an empty layer
     neurons = layer.output.dense.weight.detach().ne(0).any(dim=0)
     return heads.nonzero().flatten().tolist(), neurons.nonzero().flatten().tolist()
 
@@ -109,10 +108,7 @@ def load_checkpoint(checkpoint: str | Path):
     model_type = json.loads(config_file.read_text()).get("model_type") if config_file.is_file() else None
     if model_type != CompactBertConfig.model_type:
         return load_classifier(path, None, num_labels=None)
-    try:
-        model = CompactBertForSequenceClassification.from_pretrained(path)
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise BermoPruneError(f"cannot load {checkpoint}: {str(exc).strip().splitlines()[0]}") from None
+    model = load._load(CompactBertForSequenceClassification, path)  # safetensors only, one-line errors
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError):

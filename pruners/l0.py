@@ -28,7 +28,9 @@ LOG_RATIO = math.log(-GAMMA / ZETA)
 class L0Options(BaseModel):
     model_config = ConfigDict(extra="forbid")
     gate_lr: float = Field(0.1, gt=0, description="learning rate of log_alpha")
-    lagrangian_lr: float = Field(0.01, gt=0, description="learning rate of the Lagrange multipliers")
+    # Per-weight gates each see ~1/N of the constraint gradient: the multipliers must grow to
+    # O(10-100) within a short run before the constraint competes with the task loss.
+    lagrangian_lr: float = Field(0.5, gt=0, description="learning rate of the Lagrange multipliers")
     lagrangian: bool = Field(True, description="drive the expected sparsity to the schedule")
     init_keep: float = Field(0.95, gt=0, lt=1, description="initial keep probability of each gate")
     block: tuple[int, int] = Field((1, 1), description="gate granularity: one gate per rows x cols block")

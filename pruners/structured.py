@@ -37,8 +37,8 @@ _NAME = re.compile(r"^(.*\.)?(encoder\.layer\.\d+)\.(" + "|".join(re.escape(r) f
 
 class StructuredOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    head_sparsity: float | None = Field(None, ge=0, le=1, description="fraction of heads removed (default: target_sparsity)")
-    neuron_sparsity: float | None = Field(None, ge=0, le=1, description="fraction of FFN neurons removed (default: target_sparsity)")
+    head_sparsity: float | None = Field(None, ge=0, le=1, description="fraction of heads removed (default: target)")
+    neuron_sparsity: float | None = Field(None, ge=0, le=1, description="fraction of FFN neurons removed (default: target)")
     allow_empty_attention: bool = Field(False, description="allow a layer to lose all its heads")
 
 
@@ -73,31 +73,25 @@ def group_cols(t: torch.Tensor, groups: int) -> torch.Tensor:
     return t.reshape(t.shape[0], groups, -1).transpose(0, 1).reshape(groups, -1)
 
 
-def select_keep(scores: dict[str, torch.Tensor], fraction: float, scope: str, min_keep: int, what: str = "heads") -> dict[str, torch.Tensor]:
+def select_keep(scores: dict[str, torch.Tensor], fraction: float, scope: str, min_keep: int, what: str = "heads"):
     """Boolean keep vectors pruning exactly round(fraction * n) groups (overall or per layer),
     while each layer keeps its ``min_keep`` best groups."""
+    sizes = {name: s.numel() for name, s in scores.items()}
     if scope == "per_layer":
-        keep = {}
-        for name, s in scores.items():
-            k = M.keep_count(s.numel(), fraction)
-            if k < min(min_keep, s.numel()):
-                raise BermoPruneError(f"{name}: pruning {fraction:.0%} of {s.numel()} {what} leaves fewer than {min_keep}; "
-                                      "set allow_empty_attention or lower the target")
-            keep[name] = M._topk_mask(s.float(), k).bool()
-        return keep
-    protected = []
-    for s in scores.values():  # the best min_keep groups of every layer rank above everything else
-        s = s.float().clone()
-        s[torch.topk(s, min(min_keep, s.numel())).indices] = float("inf")
-        protected.append(s)
-    flat = torch.cat(protected)
-    k = M.keep_count(flat.numel(), fraction)
-    needed = sum(min(min_keep, s.numel()) for s in scores.values())
-    if k < needed:
-        raise BermoPruneError(f"pruning {fraction:.0%} of {flat.numel()} {what} leaves {k}, fewer than {needed} "
-                              f"({min_keep} per layer); set allow_empty_attention or lower the target")
-    mask = M._topk_mask(flat, k).bool()
-    return dict(zip(scores, mask.split([s.numel() for s in scores.values()])))
+        short = [name for name, n in sizes.items() if M.keep_count(n, fraction) < min(min_keep, n)]
+        if short:
+            raise BermoPruneError(f"{short[0]}: pruning {fraction:.0%} of {sizes[short[0]]} {what} leaves fewer than "
+                                  f"{min_keep}; set allow_empty_attention or lower the target")
+    else:
+        total, needed = sum(sizes.values()), sum(min(min_keep, n) for n in sizes.values())
+        if M.keep_count(total, fraction) < needed:
+            raise BermoPruneError(f"pruning {fraction:.0%} of {total} {what} leaves {M.keep_count(total, fraction)}, fewer "
+                                  f"than {needed} ({min_keep} per layer); set allow_empty_attention or lower the target")
+    protected = {}
+    for name, s in scores.items():  # the best min_keep groups of every layer rank above everything else
+        protected[name] = s.float().clone()
+        protected[name][torch.topk(protected[name], min(min_keep, s.numel())).indices] = float("inf")
+    return {name: mask.bool() for name, mask in M.topk_masks(protected, fraction, scope).items()}
 
 
 class StructuredPruner(Pruner):
@@ -168,26 +162,29 @@ class StructuredPruner(Pruner):
 
     def apply_keep(self, heads: dict[str, torch.Tensor], neurons: dict[str, torch.Tensor]) -> None:
         """Write head/neuron keep vectors into the weight and bias masks of every layer."""
-        masks = self.parametrizations()
-        names = {id(m): n for n, m in self.modules.items()}
+        def put(module, rows=None, cols=None):
+            weight_mask = module.parametrizations.weight[0].mask
+            if rows is not None:
+                weight_mask.copy_(rows[:, None].expand_as(weight_mask))
+                self.bias_masks[id(module)].mask.copy_(rows)
+            else:
+                weight_mask.copy_(cols[None, :].expand_as(weight_mask))
+
         with torch.no_grad():
             for layer in self.layers:
-                rows = heads[layer.name].float().repeat_interleave(layer.head_size)
+                head_rows = heads[layer.name].float().repeat_interleave(layer.head_size)
                 for module in (layer.q, layer.k, layer.v):
-                    masks[names[id(module)]].mask.copy_(rows[:, None].expand_as(module.weight))
-                    self.bias_masks[id(module)].mask.copy_(rows)
-                masks[names[id(layer.o)]].mask.copy_(rows[None, :].expand_as(layer.o.weight))
-                keep = neurons[layer.name].float()
-                masks[names[id(layer.up)]].mask.copy_(keep[:, None].expand_as(layer.up.weight))
-                self.bias_masks[id(layer.up)].mask.copy_(keep)
-                masks[names[id(layer.down)]].mask.copy_(keep[None, :].expand_as(layer.down.weight))
+                    put(module, rows=head_rows)
+                put(layer.o, cols=head_rows)
+                put(layer.up, rows=neurons[layer.name].float())
+                put(layer.down, cols=neurons[layer.name].float())
 
     def finalize(self):
         super().finalize()  # bakes the weight masks
         for layer in self.layers:
             for module in (layer.q, layer.k, layer.v, layer.up):
-                with torch.no_grad():
-                    module.parametrizations.bias.original.mul_(self.bias_masks[id(module)].mask)
+                with torch.no_grad():  # masked_fill, not mul: no -0.0 in the checkpoint
+                    module.parametrizations.bias.original.masked_fill_(self.bias_masks[id(module)].mask == 0, 0.0)
                 parametrize.remove_parametrizations(module, "bias", leave_parametrized=False)
 
     def state_summary(self):
@@ -231,8 +228,8 @@ class HeadNeuronMagnitudePruner(StructuredPruner):
 
 @register_pruner
 class HeadNeuronMovementPruner(StructuredPruner):
-    """Importance = movement score -sum(W * dL/dW') accumulated over training, summed over the
-    group (Sanh et al. 2020 applied to blocks, as in their head pruning experiments)."""
+    """Importance = the movement scores -W * dL/dW' of Sanh et al. (2020), accumulated over
+    training and summed over the group (the block view of Lagunas et al. 2021, Block Pruning)."""
 
     name = "head_neuron_movement"
     weight_mask = MovementMask  # accumulates -W * dL/dW' per entry, biases included

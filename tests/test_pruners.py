@@ -447,3 +447,19 @@ def test_entry_point_discovery(monkeypatch, own_registry):
     assert r.pruner.name == "from_entry_point"
     available_pruners()
     assert len(calls) == 1  # discovery runs once
+
+
+def test_large_in_window_updates_use_a_close_sampled_threshold():
+    from bermo_prune.pruning.masks import APPROX_ABOVE, APPROX_TOLERANCE, topk_masks
+
+    torch.manual_seed(0)
+    scores = {"a": torch.randn(1024, 2048), "b": torch.randn(2048, 1536)}
+    n = sum(s.numel() for s in scores.values())
+    assert n > APPROX_ABOVE
+    zeros = lambda masks: sum(int((m == 0).sum()) for m in masks.values())  # noqa: E731
+    approx = topk_masks(scores, 0.7, "global", exact=False)
+    assert abs(zeros(approx) - 0.7 * n) <= APPROX_TOLERANCE * n
+    assert zeros(approx) != round(0.7 * n)  # really the sampled path, not the exact one
+    assert zeros(topk_masks(scores, 0.7, "global", exact=True)) == round(0.7 * n)
+    ties = {name: torch.zeros_like(s) for name, s in scores.items()}  # a sample cannot cut ties
+    assert zeros(topk_masks(ties, 0.7, "global", exact=False)) == round(0.7 * n)

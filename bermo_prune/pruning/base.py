@@ -89,7 +89,7 @@ class Pruner:
         raise NotImplementedError
 
     def update(self, sparsity: float) -> None:
-        self.set_masks(M.topk_masks(self.scores(), sparsity, self.recipe.scope))
+        self.set_masks(M.topk_masks(self.scores(), sparsity, self.recipe.scope, exact=False))
 
     def penalty(self) -> torch.Tensor | None:
         """Extra loss term (None for pruners without one)."""
