@@ -29,7 +29,7 @@ from pruners.structured import StructuredOptions, StructuredPruner
 
 class StructuredL0Options(StructuredOptions):
     gate_lr: float = Field(0.1, gt=0, description="learning rate of log_alpha")
-    lagrangian_lr: float = Field(0.01, gt=0, description="learning rate of the Lagrange multipliers")
+    lagrangian_lr: float = Field(0.5, gt=0, description="learning rate of the Lagrange multipliers (as pruners.l0)")
     lagrangian: bool = Field(True, description="drive the expected head/neuron sparsity to the schedule")
     init_keep: float = Field(0.95, gt=0, lt=1, description="initial keep probability of each gate")
 
@@ -96,7 +96,9 @@ class HeadNeuronL0Pruner(StructuredPruner):
         weight = self.current_penalty_weight()
         if weight:
             loss = loss + weight * (1 - s_weights)
-        if self.options.lagrangian:
+        # Before the window the target is 0 and the multipliers would only learn to hold the gates
+        # open, which delays the pruning once the window opens.
+        if self.options.lagrangian and self.step >= self.schedule.start_step:
             target = self.recipe.target_sparsity
             progress = min(1.0, self.schedule(self.step) / target) if target > 0 else 1.0
             head_target, neuron_target = self.targets()

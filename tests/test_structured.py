@@ -242,6 +242,30 @@ def test_l0_gates_scale_head_outputs_and_learn():
     assert sum(v["heads"] for v in pruner.structure_summary().values()) == 4
 
 
+def test_l0_lagrangian_tracks_the_schedule():
+    """Random labels, so the task does not hold any gate open: the multipliers alone must bring
+    the expected head and neuron sparsities to the schedule's targets by the window's end."""
+    model = tiny("bert")
+    r = Recipe.model_validate({
+        "name": "track", "pruner": {"name": "head_neuron_l0", "options": {"head_sparsity": 0.5}}, "target_sparsity": 0.75,
+        "schedule": {"shape": "cubic", "start": 0.1, "end": 0.7, "update_every": 10},
+    })
+    pruner = get_pruner_class("head_neuron_l0")(r)
+    total = 300
+    pruner.attach(model, total)
+    optimizer = torch.optim.AdamW([{"params": list(model.parameters())}, *pruner.param_groups()], lr=5e-5)
+    for step in range(1, pruner.schedule.end_step):
+        loss = model(**batch(step, size=4)).loss + pruner.penalty()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        pruner.on_step_end(step)
+        if step < pruner.schedule.start_step:
+            assert pruner.lambda_1.abs().sum() == 0  # no constraint before the window
+    heads, neurons, _ = pruner.expected_sparsities()
+    assert heads.item() == pytest.approx(0.5, abs=0.05) and neurons.item() == pytest.approx(0.75, abs=0.05)
+
+
 # --- compaction ------------------------------------------------------------------------------
 
 
@@ -373,3 +397,17 @@ def test_cli_prune_with_a_structured_recipe_then_compact(name, tiny_checkpoint, 
     assert sum(layer["heads_after"] for layer in layers) == heads_kept
     assert sum(layer["intermediate_after"] for layer in layers) == neurons_kept
     assert json.loads((small / "config.json").read_text())["model_type"] == "bermo"
+
+
+def test_compacted_bert_is_evaluated_and_inspected_from_the_cli(tiny_checkpoint, tiny_glue, tmp_path):
+    out, small = tmp_path / "pruned", tmp_path / "small"
+    assert run("prune", tiny_checkpoint, "--arch", "bert", "--recipe", "sst2-structured-magnitude", "--data", tiny_glue,
+               "--epochs", "1", "--max-train-samples", "64", "--out", out).exit_code == 0
+    assert run("compact", out, "--out", small).exit_code == 0
+    assert json.loads((small / "config.json").read_text())["model_type"] == "bert-compact"
+    masked = json.loads(run("evaluate", out, "--task", "sst2", "--data", tiny_glue, "--json").output)
+    compacted = json.loads(run("evaluate", small, "--task", "sst2", "--data", tiny_glue, "--json").output)
+    assert compacted["accuracy"] == masked["accuracy"]
+    info = json.loads(run("inspect", small, "--json").output)
+    assert info["parameters"] < json.loads(run("inspect", out, "--json").output)["parameters"]
+    assert run("prune", small, "--arch", "bermo", "--recipe", "sst2-magnitude", "--out", tmp_path / "x").exit_code == 2

@@ -11,8 +11,10 @@ from transformers import AutoTokenizer, BertConfig, BertForSequenceClassificatio
 
 from bermo_prune.errors import BermoPruneError
 from bermo_prune.models.bermo import BermoConfig, BermoForSequenceClassification
+from bermo_prune.models.compact_shapes import CompactBertForSequenceClassification
 
 ARCHS = ("bert", "bermo")
+COMPACT_BERT = "bert-compact"  # a BERT whose pruned heads / neurons were removed (bermo_prune.compact)
 DEFAULT_CHECKPOINT = "minilm-l6"
 
 
@@ -53,7 +55,7 @@ def checkpoint_arch(checkpoint: str) -> str:
             raise BermoPruneError(f"{local}: not valid JSON ({exc})") from None
     else:
         model_type = _hub_call(checkpoint, lambda: BertConfig.get_config_dict(checkpoint)[0]).get("model_type")
-    if model_type not in ARCHS:
+    if model_type not in (*ARCHS, COMPACT_BERT):
         raise BermoPruneError(f"{checkpoint}: model_type {model_type!r} is not a BERT or BERMo checkpoint")
     return model_type
 
@@ -64,6 +66,12 @@ def load_classifier(checkpoint: str | Path, arch: str | None = None, num_labels:
     ``num_labels=None`` keeps the checkpoint's head."""
     checkpoint = resolve_checkpoint(checkpoint)
     native = checkpoint_arch(checkpoint)
+    if native == COMPACT_BERT:
+        if arch not in (None, "bert"):
+            raise BermoPruneError(f"{checkpoint} is a compacted BERT checkpoint; it cannot be loaded as {arch}")
+        head = {} if num_labels is None else {"num_labels": num_labels}
+        model = _load(CompactBertForSequenceClassification, checkpoint, **head)
+        return model, _hub_call(checkpoint, lambda: AutoTokenizer.from_pretrained(checkpoint))
     arch = arch or native
     if arch not in ARCHS:
         raise BermoPruneError(f"unknown arch {arch!r}; choose from {', '.join(ARCHS)}")

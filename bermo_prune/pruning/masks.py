@@ -54,7 +54,7 @@ def bake(module: nn.Module, mask: torch.Tensor) -> None:
     """Write the mask into the weight as real zeros and drop the parametrisation."""
     with torch.no_grad():
         weight = original_weight(module)
-        weight.mul_(mask.to(weight.dtype))
+        weight.masked_fill_(mask == 0, 0.0)  # not mul_: that leaves -0.0, which sparse export must keep
     parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
 
 
