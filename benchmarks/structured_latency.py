@@ -99,26 +99,13 @@ def time_pair(models: dict, batch: dict, repeats: int, warmup: int) -> dict:
                    "q3_s": statistics.quantiles(s, n=4)[2], "forwards_per_sample": k} for name, s in samples.items()}
 
 
-def accuracy(model, tokenizer, task: str, data_dir, max_examples, batch_size: int = 64) -> dict:
-    from transformers import DataCollatorWithPadding
+def accuracy(model, tokenizer, task: str, data_dir, max_examples) -> dict:
+    from bermo_prune.data import get_task
+    from bermo_prune.runs import evaluate_model
 
-    from bermo_prune.data import compute_metrics, get_task, load_split, tokenize_dataset
-
-    spec = get_task(task)
-    dev = load_split(spec.name, "dev", data_dir)
-    if max_examples:
-        dev = dev.select(range(min(max_examples, len(dev))))
-    dev = tokenize_dataset(dev, tokenizer, spec.name, 128)
-    collate = DataCollatorWithPadding(tokenizer)
-    logits, labels = [], []
-    with torch.inference_mode():
-        for start in range(0, len(dev), batch_size):
-            b = collate([dev[i] for i in range(start, min(start + batch_size, len(dev)))])
-            labels.append(b.pop("labels"))
-            b.pop("length", None)
-            logits.append(model(**b).logits)
-    metrics = compute_metrics(spec.name, torch.cat(logits).numpy(), torch.cat(labels).numpy())
-    return {"examples": len(dev), "main_metric": spec.main_metric, "value": metrics[spec.main_metric]}
+    main_metric = get_task(task).main_metric
+    metrics = evaluate_model(model, tokenizer, task, data_dir=data_dir, max_examples=max_examples)
+    return {"examples": metrics["examples"], "main_metric": main_metric, "value": metrics[main_metric]}
 
 
 def latency_rows(pruned: list, args) -> tuple[list, list]:

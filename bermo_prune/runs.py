@@ -117,9 +117,22 @@ def _train(checkpoint, arch, task, workdir, training, recipe, seed, data_dir, pr
 def evaluate(checkpoint: str, task: str, *, data_dir: str | None = None, max_length: int = 128, batch_size: int = 64) -> dict:
     spec = get_task(task)
     model, tokenizer = load_classifier(checkpoint, None, num_labels=spec.num_labels)
-    dev = tokenize_dataset(load_split(spec.name, "dev", data_dir), tokenizer, spec.name, max_length)
+    metrics = evaluate_model(model, tokenizer, spec.name, data_dir=data_dir, max_length=max_length, batch_size=batch_size)
+    return {"checkpoint": str(checkpoint), "task": spec.name, "arch": model.config.model_type, **metrics}
+
+
+def evaluate_model(
+    model, tokenizer, task: str, *, data_dir: str | None = None, max_length: int = 128, batch_size: int = 64,
+    max_examples: int | None = None,
+) -> dict:
+    """Dev metrics of an in-memory model (plus ``examples``, the number of dev rows scored)."""
     from transformers import DataCollatorWithPadding
 
+    spec = get_task(task)
+    dev = load_split(spec.name, "dev", data_dir)
+    if max_examples:
+        dev = dev.select(range(min(max_examples, len(dev))))
+    dev = tokenize_dataset(dev, tokenizer, spec.name, max_length)
     collate = DataCollatorWithPadding(tokenizer)
     model.eval()
     logits, labels = [], []
@@ -130,7 +143,7 @@ def evaluate(checkpoint: str, task: str, *, data_dir: str | None = None, max_len
             batch.pop("length", None)
             logits.append(model(**batch).logits)
     metrics = compute_metrics(spec.name, torch.cat(logits).numpy(), torch.cat(labels).numpy())
-    return {"checkpoint": str(checkpoint), "task": spec.name, "arch": model.config.model_type, "examples": len(dev), **metrics}
+    return {"examples": len(dev), **metrics}
 
 
 def inspect(checkpoint: str) -> dict:

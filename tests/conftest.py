@@ -32,6 +32,15 @@ def tiny_config(**overrides) -> BertConfig:
     return BertConfig(**values)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """Tiny tensors run faster on one thread, and stay fast on a machine busy with other work."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     return AutoTokenizer.from_pretrained(minilm_path())

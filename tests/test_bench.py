@@ -18,14 +18,6 @@ from bermo_prune.cli import main
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def write_spec(path: Path, checkpoint: Path, data: Path, **overrides) -> Path:
     spec = {
         "name": "tiny",

@@ -24,15 +24,6 @@ RECIPE_NAMES = ("magnitude", "movement", "soft-movement", "l0")
 FAST = ["--epochs", "1", "--max-train-samples", "64"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread is faster, and immune to a busy machine. Restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def run(*args: str):
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=True)
 

@@ -27,15 +27,6 @@ from conftest import tiny_config
 SPARSITY = 0.9
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread is faster, and immune to a busy machine. Restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def one_shot(model, pruner: str = "magnitude", sparsity: float = SPARSITY, **options):
     """Prune before any training (one-shot schedule at step 0) and finalise: real zeros."""
     r = Recipe.model_validate({"name": "oneshot", "pruner": {"name": pruner, "options": options},

@@ -17,15 +17,6 @@ from bermo_prune.models import BermoConfig, BermoForSequenceClassification, load
 from conftest import minilm_path, tiny_config
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread is faster, and immune to a busy machine. Restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def bermo(**options) -> BermoForSequenceClassification:
     torch.manual_seed(0)
     return BermoForSequenceClassification(BermoConfig.from_bert_config(tiny_config(), **options))

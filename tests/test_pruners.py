@@ -26,15 +26,6 @@ from conftest import tiny_config
 TOTAL_STEPS = 20
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: thread start-up costs more than the work, and on a busy 2-core machine
-    OpenMP spin-waiting makes each op ~50x slower. Restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 TARGET = 0.7  # 0.7 * 16384 = 11468.8 and 0.7 * 1024 = 716.8: rounding matters
 
 

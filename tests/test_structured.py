@@ -28,15 +28,6 @@ HEADS, NEURONS, LAYERS, HEAD_SIZE = 4, 64, 2, 8  # tiny_config: hidden 32, 4 hea
 PRUNERS = ("head_neuron_magnitude", "head_neuron_movement", "head_neuron_l0")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread is faster, and immune to a busy machine. Restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny(arch: str, seed: int = 0):
     torch.manual_seed(seed)
     if arch == "bert":
