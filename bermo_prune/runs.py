@@ -41,10 +41,9 @@ def finetune(
     data_dir: str | None = None,
     overwrite: bool = False,
     progress: bool = True,
-    save_model: bool = True,
 ) -> dict:
-    """Dense fine-tuning; writes the checkpoint and ``metrics.json`` into ``out``."""
-    return _run(checkpoint, arch, task, out, training, None, seed, data_dir, overwrite, progress, save_model, "metrics.json")
+    """Dense fine-tuning; writes the checkpoint and ``metrics.json`` into ``out`` (nothing if None)."""
+    return _run(checkpoint, arch, task, out, training, None, seed, data_dir, overwrite, progress, "metrics.json")
 
 
 def prune(
@@ -58,22 +57,21 @@ def prune(
     data_dir: str | None = None,
     overwrite: bool = False,
     progress: bool = True,
-    save_model: bool = True,
 ) -> dict:
-    """Fine-tune with pruning per ``recipe``; writes the finalised checkpoint and ``pruning_report.json``."""
-    return _run(checkpoint, arch, task, out, recipe.training, recipe, seed, data_dir, overwrite, progress, save_model, "pruning_report.json")
+    """Fine-tune with pruning per ``recipe``; writes the finalised checkpoint and
+    ``pruning_report.json`` into ``out`` (nothing if None)."""
+    return _run(checkpoint, arch, task, out, recipe.training, recipe, seed, data_dir, overwrite, progress, "pruning_report.json")
 
 
-def _run(checkpoint, arch, task, out, training, recipe, seed, data_dir, overwrite, progress, save_model, report_name):
+def _run(checkpoint, arch, task, out, training, recipe, seed, data_dir, overwrite, progress, report_name):
     """Train into a staged copy of ``out`` (or a throw-away dir when ``out`` is None)."""
     if out is None:
         with tempfile.TemporaryDirectory(prefix="bermo-prune-") as scratch:
             return _train(checkpoint, arch, task, Path(scratch), training, recipe, seed, data_dir, progress)[0]
     with staged_output(out, overwrite) as stage:
         report, model, tokenizer = _train(checkpoint, arch, task, stage, training, recipe, seed, data_dir, progress)
-        if save_model:
-            model.save_pretrained(stage)
-            tokenizer.save_pretrained(stage)
+        model.save_pretrained(stage)
+        tokenizer.save_pretrained(stage)
         write_json_atomic(stage / report_name, report)
     return report
 
