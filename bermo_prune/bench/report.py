@@ -102,7 +102,8 @@ def markdown(rows: list[dict], results: list[dict]) -> str:
         "",
         f"Dev {metric} (x100) per arch x pruner x target sparsity: mean +/- std over seeds, all finished runs "
         "(diverged runs included); `healthy` = mean of the runs that did not diverge; retention = mean / dense "
-        "mean of the same arch and budget. Sparsity is over the encoder Linear weights.",
+        "mean of the same arch and budget. Sparsity is over the encoder Linear weights; ex/s is the training "
+        "throughput (wall clock, so it depends on the machine and its load).",
         "",
         "| pruner | target | arch | achieved | seeds | diverged | " + metric + " | healthy | best | retention | ex/s |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
@@ -116,7 +117,15 @@ def markdown(rows: list[dict], results: list[dict]) -> str:
         )
     crashed = sum(r["crashed"] for r in rows)
     lines += ["", f"Crashed runs (not in the means): {crashed}.", ""]
-    lines += ["Divergence reasons seen: " + ("; ".join(reasons) if reasons else "none") + ".", ""]
+    collapse = sorted({(r.get("recipe") or {}).get("divergence", {}).get("collapse_fraction", 0.95) for r in results})
+    lines += [
+        "A run counts as diverged on a non-finite training loss, when at least "
+        + "/".join(f"{c:.0%}" for c in collapse)
+        + " of its dev predictions fall in one class, or when its dev metric is below the recipe's `min_metric`.",
+        "",
+        "Divergence reasons seen: " + ("; ".join(reasons) if reasons else "none") + ".",
+        "",
+    ]
     return "\n".join(lines)
 
 
