@@ -106,8 +106,11 @@ def finetune(checkpoint, arch, task, data_dir, epochs, lr, batch_size, max_lengt
 @click.option("--epochs", type=float, default=None, help="Override training.epochs.")
 @click.option("--max-train-samples", type=int, default=None, help="Override training.max_train_samples.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--compact", "compact_model", is_flag=True, help="Save with pruned heads/neurons removed (structured recipes).")
 @out_options
-def prune_command(checkpoint, recipe_path, arch, task, data_dir, target_sparsity, epochs, max_train_samples, seed, out, overwrite):
+def prune_command(
+    checkpoint, recipe_path, arch, task, data_dir, target_sparsity, epochs, max_train_samples, seed, compact_model, out, overwrite
+):
     """Fine-tune with pruning per a recipe; saves a plain checkpoint with real zeros and pruning_report.json."""
     from bermo_prune import runs
     from bermo_prune.recipes import load_recipe, resolve_recipe
@@ -122,8 +125,12 @@ def prune_command(checkpoint, recipe_path, arch, task, data_dir, target_sparsity
         if value is not None
     }
     recipe = load_recipe(resolve_recipe(recipe_path), overrides)
-    report = runs.prune(checkpoint, recipe, task, out, arch=arch, seed=seed, data_dir=data_dir, overwrite=overwrite)
+    report = runs.prune(
+        checkpoint, recipe, task, out, arch=arch, seed=seed, data_dir=data_dir, overwrite=overwrite, compact=compact_model
+    )
     _print_run_table([report])
+    if "compacted" in report:
+        console.print(f"compacted to {report['compacted']['parameters']:,} parameters")
     if report["status"] != "ok":
         err_console.print(f"[bold red]diverged[/]: {report['reason']}")
     console.print(f"saved to [bold]{out}[/]")

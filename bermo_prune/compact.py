@@ -16,18 +16,17 @@ and loaded strictly, so a compacted model in memory is exactly what ``from_pretr
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 import torch_pruning as tp
 from torch import nn
 from torch.nn.utils import parametrize
-from transformers import AutoTokenizer, BertForSequenceClassification
+from transformers import BertForSequenceClassification
 
 from bermo_prune.errors import BermoPruneError
 from bermo_prune.io import staged_output, write_json_atomic
-from bermo_prune.models import BermoConfig, BermoForSequenceClassification, load, load_classifier, resolve_checkpoint
+from bermo_prune.models import BermoConfig, BermoForSequenceClassification, load_classifier, resolve_checkpoint
 from bermo_prune.models.compact_shapes import CompactBertConfig, CompactBertForSequenceClassification, EmptySelfAttention
 
 COPIED_FILES = ("pruning_report.json",)  # provenance of the pruned checkpoint travels along
@@ -102,18 +101,8 @@ def structure(model: nn.Module) -> list[dict]:
 
 
 def load_checkpoint(checkpoint: str | Path):
-    """(model, tokenizer or None) of a BERT, BERMo or compacted BERT classifier checkpoint."""
-    path = resolve_checkpoint(checkpoint)
-    config_file = Path(path) / "config.json"
-    model_type = json.loads(config_file.read_text()).get("model_type") if config_file.is_file() else None
-    if model_type != CompactBertConfig.model_type:
-        return load_classifier(path, None, num_labels=None)
-    model = load._load(CompactBertForSequenceClassification, path)  # safetensors only, one-line errors
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError):
-        tokenizer = None
-    return model, tokenizer
+    """(model, tokenizer) of a BERT, BERMo or compacted BERT classifier checkpoint, head kept."""
+    return load_classifier(checkpoint, None, num_labels=None)
 
 
 def compact_checkpoint(checkpoint: str | Path, out: str | Path, overwrite: bool = False) -> dict:
@@ -132,8 +121,7 @@ def compact_checkpoint(checkpoint: str | Path, out: str | Path, overwrite: bool 
     }
     with staged_output(out, overwrite) as stage:
         compacted.save_pretrained(stage)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(stage)
+        tokenizer.save_pretrained(stage)
         for name in COPIED_FILES:
             source = Path(resolve_checkpoint(checkpoint)) / name
             if source.is_file():

@@ -43,7 +43,7 @@ def finetune(
     progress: bool = True,
 ) -> dict:
     """Dense fine-tuning; writes the checkpoint and ``metrics.json`` into ``out`` (nothing if None)."""
-    return _run(checkpoint, arch, task, out, training, None, seed, data_dir, overwrite, progress, "metrics.json")
+    return _run(checkpoint, arch, task, out, training, None, seed, data_dir, overwrite, progress, "metrics.json", False)
 
 
 def prune(
@@ -57,19 +57,27 @@ def prune(
     data_dir: str | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    compact: bool = False,
 ) -> dict:
     """Fine-tune with pruning per ``recipe``; writes the finalised checkpoint and
-    ``pruning_report.json`` into ``out`` (nothing if None)."""
-    return _run(checkpoint, arch, task, out, recipe.training, recipe, seed, data_dir, overwrite, progress, "pruning_report.json")
+    ``pruning_report.json`` into ``out`` (nothing if None). With ``compact``, the saved
+    checkpoint has its pruned heads and neurons removed (structured recipes)."""
+    return _run(checkpoint, arch, task, out, recipe.training, recipe, seed, data_dir, overwrite, progress,
+                "pruning_report.json", compact)
 
 
-def _run(checkpoint, arch, task, out, training, recipe, seed, data_dir, overwrite, progress, report_name):
+def _run(checkpoint, arch, task, out, training, recipe, seed, data_dir, overwrite, progress, report_name, compact):
     """Train into a staged copy of ``out`` (or a throw-away dir when ``out`` is None)."""
     if out is None:
         with tempfile.TemporaryDirectory(prefix="bermo-prune-") as scratch:
             return _train(checkpoint, arch, task, Path(scratch), training, recipe, seed, data_dir, progress)[0]
     with staged_output(out, overwrite) as stage:
         report, model, tokenizer = _train(checkpoint, arch, task, stage, training, recipe, seed, data_dir, progress)
+        if compact:
+            from bermo_prune.compact import compact as compact_model, structure
+
+            model = compact_model(model)
+            report["compacted"] = {"parameters": sum(p.numel() for p in model.parameters()), "layers": structure(model)}
         model.save_pretrained(stage)
         tokenizer.save_pretrained(stage)
         write_json_atomic(stage / report_name, report)

@@ -402,3 +402,17 @@ def test_compacted_bert_is_evaluated_and_inspected_from_the_cli(tiny_checkpoint,
     info = json.loads(run("inspect", small, "--json").output)
     assert info["parameters"] < json.loads(run("inspect", out, "--json").output)["parameters"]
     assert run("prune", small, "--arch", "bermo", "--recipe", "sst2-magnitude", "--out", tmp_path / "x").exit_code == 2
+
+
+def test_cli_prune_and_compact_in_one_go(tiny_checkpoint, tiny_glue, tmp_path):
+    out = tmp_path / "small"
+    result = run("prune", tiny_checkpoint, "--arch", "bert", "--recipe", "sst2-structured-magnitude", "--data", tiny_glue,
+                 "--epochs", "1", "--max-train-samples", "64", "--compact", "--out", out)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "pruning_report.json").read_text())
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "bert-compact"
+    assert config["layer_num_heads"] == [layer["heads"] for layer in report["compacted"]["layers"]]
+    assert sum(config["layer_num_heads"]) == LAYERS * HEADS // 2
+    evaluated = json.loads(run("evaluate", out, "--task", "sst2", "--data", tiny_glue, "--json").output)
+    assert evaluated["accuracy"] == pytest.approx(report["metrics"]["accuracy"])
