@@ -20,6 +20,7 @@ def write_json_atomic(path: str | Path, data) -> None:
         with os.fdopen(fd, "w") as fh:
             json.dump(data, fh, indent=2, sort_keys=True, default=_jsonable)
             fh.write("\n")
+        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; results are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
