@@ -20,7 +20,8 @@ from bermo_prune.io import write_json_atomic
 DENSE = "dense"
 COLUMNS = (
     "arch", "pruner", "target_sparsity", "achieved_sparsity", "seeds", "diverged", "crashed",
-    "metric_mean", "metric_std", "best_mean", "healthy_mean", "dense_mean", "retention", "train_examples_per_s",
+    "metric_mean", "metric_std", "best_mean", "healthy_mean", "first_eval_mean", "dense_mean", "retention",
+    "train_examples_per_s",
 )
 
 
@@ -67,6 +68,8 @@ def summarize(results: list[dict]) -> list[dict]:
         best = [r["best_metric"] for r in finished if r.get("best_metric") is not None]
         achieved = [r["sparsity"]["targeted"] for r in finished if r.get("sparsity")]
         speed = [r["train_examples_per_s"] for r in finished if r.get("train_examples_per_s")]
+        # the first dev evaluation (end of epoch 1): how far a run got early, for the convergence question
+        first = [r["eval_history"][0]["metric"] for r in finished if r.get("eval_history") and r["eval_history"][0].get("metric") is not None]
         metric_mean, metric_std = _stats(values)
         base = dense.get(arch)
         rows.append({
@@ -81,6 +84,7 @@ def summarize(results: list[dict]) -> list[dict]:
             "metric_std": metric_std,
             "best_mean": mean(best) if best else None,
             "healthy_mean": mean(healthy) if healthy else None,
+            "first_eval_mean": mean(first) if first else None,
             "dense_mean": base,
             "retention": metric_mean / base if metric_mean is not None and base else None,
             "train_examples_per_s": mean(speed) if speed else None,
@@ -101,18 +105,20 @@ def markdown(rows: list[dict], results: list[dict]) -> str:
         f"# Sparsity-accuracy report ({len(results)} runs)",
         "",
         f"Dev {metric} (x100) per arch x pruner x target sparsity: mean +/- std over seeds, all finished runs "
-        "(diverged runs included); `healthy` = mean of the runs that did not diverge; retention = mean / dense "
+        "(diverged runs included); `healthy` = mean of the runs that did not diverge; `epoch 1` = mean at the first "
+        "dev evaluation (end of the first epoch, mid-pruning for pruned runs); retention = mean / dense "
         "mean of the same arch and budget. Sparsity is over the encoder Linear weights; ex/s is the training "
         "throughput (wall clock, so it depends on the machine and its load).",
         "",
-        "| pruner | target | arch | achieved | seeds | diverged | " + metric + " | healthy | best | retention | ex/s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| pruner | target | arch | achieved | seeds | diverged | " + metric + " | healthy | epoch 1 | best | retention | ex/s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         spread = f"{_fmt(r['metric_mean'], True)} +/- {_fmt(r['metric_std'], True)}" if r["metric_mean"] is not None else "-"
         lines.append(
             f"| {r['pruner']} | {r['target_sparsity']:.0%} | {r['arch']} | {_fmt(r['achieved_sparsity'], True)} | "
-            f"{r['seeds']} | {r['diverged']} | {spread} | {_fmt(r['healthy_mean'], True)} | {_fmt(r['best_mean'], True)} | "
+            f"{r['seeds']} | {r['diverged']} | {spread} | {_fmt(r['healthy_mean'], True)} | "
+            f"{_fmt(r['first_eval_mean'], True)} | {_fmt(r['best_mean'], True)} | "
             f"{_fmt(r['retention'])} | {r['train_examples_per_s'] or 0:.0f} |"
         )
     crashed = sum(r["crashed"] for r in rows)
