@@ -58,6 +58,15 @@ def deterministic_gates(log_alpha: torch.Tensor) -> torch.Tensor:
     return (torch.sigmoid(log_alpha) * (ZETA - GAMMA) + GAMMA).clamp(0.0, 1.0)
 
 
+def gate_param_groups(gates: list[torch.Tensor], options, multipliers: list[torch.Tensor]) -> list[dict]:
+    """Optimizer groups of hard-concrete gates and (if the Lagrangian is on) their multipliers;
+    ``options`` has gate_lr, lagrangian and lagrangian_lr (L0Options and the structured variant)."""
+    groups = [{"params": gates, "lr": options.gate_lr, "weight_decay": 0.0}]
+    if options.lagrangian:
+        groups.append({"params": multipliers, "lr": options.lagrangian_lr, "weight_decay": 0.0})
+    return groups
+
+
 class HardConcreteMask(nn.Module):
     def __init__(self, shape, block, init_keep, device=None):
         super().__init__()
@@ -131,10 +140,7 @@ class L0Pruner(Pruner):
 
     def param_groups(self):
         gates = [p.log_alpha for p in self.parametrizations().values()]
-        groups = [{"params": gates, "lr": self.options.gate_lr, "weight_decay": 0.0}]
-        if self.options.lagrangian:
-            groups.append({"params": [self.lambda_1, self.lambda_2], "lr": self.options.lagrangian_lr, "weight_decay": 0.0})
-        return groups
+        return gate_param_groups(gates, self.options, [self.lambda_1, self.lambda_2])
 
     def current_sparsity(self):
         if self.frozen:

@@ -23,7 +23,7 @@ from pydantic import Field
 from torch import nn
 
 from bermo_prune.pruning.registry import register_pruner
-from pruners.l0 import deterministic_gates, expected_open, sample_gates
+from pruners.l0 import deterministic_gates, expected_open, gate_param_groups, sample_gates
 from pruners.structured import StructuredOptions, StructuredPruner
 
 
@@ -123,10 +123,7 @@ class HeadNeuronL0Pruner(StructuredPruner):
 
     def param_groups(self):
         gates = [*self.head_alpha.values(), *self.neuron_alpha.values()]
-        groups = [{"params": gates, "lr": self.options.gate_lr, "weight_decay": 0.0}]
-        if self.options.lagrangian:
-            groups.append({"params": [self.lambda_1, self.lambda_2], "lr": self.options.lagrangian_lr, "weight_decay": 0.0})
-        return groups
+        return gate_param_groups(gates, self.options, [self.lambda_1, self.lambda_2])
 
     def current_sparsity(self):
         if self.frozen:
