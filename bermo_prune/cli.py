@@ -17,6 +17,7 @@ console = Console()
 err_console = Console(stderr=True)
 
 ARCH_CHOICE = click.Choice(["bert", "bermo"])
+DEFAULT_CHECKPOINT_EVERY = 200  # a MiniLM checkpoint with optimizer state takes ~1-2 s to write
 
 
 class UserError(click.ClickException):
@@ -71,6 +72,13 @@ def out_options(f):
     return click.option("--out", required=True, type=click.Path(), help="Output directory (written atomically).")(f)
 
 
+def resume_options(f):
+    f = click.option("--resume", is_flag=True,
+                     help="Continue an interrupted run into --out from its last complete checkpoint.")(f)
+    return click.option("--checkpoint-every", type=click.IntRange(min=0), default=DEFAULT_CHECKPOINT_EVERY,
+                        show_default=True, help="Write a resumable checkpoint every N steps (0: never).")(f)
+
+
 @main.command()
 @click.option("--model", "checkpoint", default="minilm-l6", show_default=True, help="Local dir, hub id, or alias.")
 @click.option("--arch", type=ARCH_CHOICE, default=None, help="Default: the checkpoint's own arch (bert for minilm-l6).")
@@ -83,17 +91,22 @@ def out_options(f):
 @click.option("--max-train-samples", type=click.IntRange(min=1), default=None, help="Deterministic subsample by seed.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @out_options
-def finetune(checkpoint, arch, task, data_dir, epochs, lr, batch_size, max_length, max_train_samples, seed, out, overwrite):
+@resume_options
+def finetune(checkpoint, arch, task, data_dir, epochs, lr, batch_size, max_length, max_train_samples, seed, out, overwrite,
+             resume, checkpoint_every):
     """Dense fine-tuning of BERT or BERMo; saves the checkpoint and metrics.json."""
     from bermo_prune import runs
+    from bermo_prune.pruning.distributed import is_main_process
     from bermo_prune.recipes import TrainingSpec
 
     training = TrainingSpec(
         epochs=epochs, learning_rate=lr, batch_size=batch_size, max_length=max_length, max_train_samples=max_train_samples
     )
-    report = runs.finetune(checkpoint, arch, task, out, training, seed=seed, data_dir=data_dir, overwrite=overwrite)
-    _print_run_table([report])
-    console.print(f"saved to [bold]{out}[/]")
+    report = runs.finetune(checkpoint, arch, task, out, training, seed=seed, data_dir=data_dir, overwrite=overwrite,
+                           resume=resume, checkpoint_every=checkpoint_every)
+    if is_main_process():
+        _print_run_table([report])
+        console.print(f"saved to [bold]{out}[/]")
 
 
 @main.command(name="prune")
@@ -108,11 +121,14 @@ def finetune(checkpoint, arch, task, data_dir, epochs, lr, batch_size, max_lengt
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--compact", "compact_model", is_flag=True, help="Save with pruned heads/neurons removed (structured recipes).")
 @out_options
+@resume_options
 def prune_command(
-    checkpoint, recipe_path, arch, task, data_dir, target_sparsity, epochs, max_train_samples, seed, compact_model, out, overwrite
+    checkpoint, recipe_path, arch, task, data_dir, target_sparsity, epochs, max_train_samples, seed, compact_model, out, overwrite,
+    resume, checkpoint_every,
 ):
     """Fine-tune with pruning per a recipe; saves a plain checkpoint with real zeros and pruning_report.json."""
     from bermo_prune import runs
+    from bermo_prune.pruning.distributed import is_main_process
     from bermo_prune.recipes import load_recipe, resolve_recipe
 
     overrides = {
@@ -126,8 +142,11 @@ def prune_command(
     }
     recipe = load_recipe(resolve_recipe(recipe_path), overrides)
     report = runs.prune(
-        checkpoint, recipe, task, out, arch=arch, seed=seed, data_dir=data_dir, overwrite=overwrite, compact=compact_model
+        checkpoint, recipe, task, out, arch=arch, seed=seed, data_dir=data_dir, overwrite=overwrite, compact=compact_model,
+        resume=resume, checkpoint_every=checkpoint_every,
     )
+    if not is_main_process():
+        return
     _print_run_table([report])
     if "compacted" in report:
         console.print(f"compacted to {report['compacted']['parameters']:,} parameters")
@@ -137,6 +156,13 @@ def prune_command(
 
 
 DEMO_RECIPE = "sst2-demo"
+
+
+def resume_options(f):
+    f = click.option("--resume", is_flag=True,
+                     help="Continue an interrupted run into --out from its last complete checkpoint.")(f)
+    return click.option("--checkpoint-every", type=click.IntRange(min=0), default=DEFAULT_CHECKPOINT_EVERY,
+                        show_default=True, help="Write a resumable checkpoint every N steps (0: never).")(f)
 
 
 @main.command()

@@ -52,6 +52,38 @@ def _existing_ancestor(path: Path) -> Path:
     return path
 
 
+def work_dir_for(out: str | Path) -> Path:
+    """Where a resumable run into ``out`` keeps its work until it is complete."""
+    out = Path(out)
+    return out.parent / f".{out.name}.partial"
+
+
+@contextmanager
+def resumable_output(out: str | Path, overwrite: bool = False, resume: bool = False, keep=lambda work: False):
+    """Like ``staged_output``, but the scratch dir has a fixed name so a later run can resume
+    from it. On failure it is kept if ``keep(work)`` says it holds work worth resuming."""
+    out = Path(out)
+    work = work_dir_for(out)
+    if resume and out.exists() and any(out.iterdir()) and not work.exists():
+        raise BermoPruneError(f"{out} is already complete: nothing to resume (pass --overwrite to run it again)")
+    check_output_dir(out, overwrite)
+    if work.exists() and not resume:
+        if not overwrite:
+            raise BermoPruneError(f"an interrupted run into {out} left its work in {work}: "
+                                  "pass --resume to continue it or --overwrite to start over")
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        yield work
+    except BaseException:
+        if not keep(work):
+            shutil.rmtree(work, ignore_errors=True)
+        raise
+    if out.exists():
+        shutil.rmtree(out) if out.is_dir() else out.unlink()
+    os.replace(work, out)
+
+
 @contextmanager
 def staged_output(out: str | Path, overwrite: bool = False):
     """Yield a scratch dir beside ``out``; on success it replaces ``out``, on failure it is removed."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import platform
 import shutil
 import tempfile
@@ -12,12 +13,16 @@ import transformers
 
 import bermo_prune
 from bermo_prune.data import compute_metrics, get_task, load_split, tokenize_dataset
-from bermo_prune.io import staged_output, write_json_atomic
+from bermo_prune.errors import BermoPruneError
+from bermo_prune.io import resumable_output, work_dir_for, write_json_atomic
 from bermo_prune.models import load_classifier
+from bermo_prune.pruning.distributed import is_main_process
 from bermo_prune.pruning.masks import select_modules, sparsity_report
 from bermo_prune.pruning.registry import get_pruner_class
 from bermo_prune.recipes import DEFAULT_INCLUDE, Recipe, TrainingSpec, recipe_to_dict
-from bermo_prune.train import train_and_evaluate
+from bermo_prune.train import last_complete_checkpoint, train_and_evaluate
+
+RUN_SETTINGS = "run.json"
 
 
 def environment() -> dict:
@@ -41,9 +46,12 @@ def finetune(
     data_dir: str | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    resume: bool = False,
+    checkpoint_every: int = 0,
 ) -> dict:
     """Dense fine-tuning; writes the checkpoint and ``metrics.json`` into ``out`` (nothing if None)."""
-    return _run(checkpoint, arch, task, out, training, None, seed, data_dir, overwrite, progress, "metrics.json", False)
+    return _run(checkpoint, arch, task, out, training, None, seed=seed, data_dir=data_dir, overwrite=overwrite,
+                progress=progress, report_name="metrics.json", resume=resume, checkpoint_every=checkpoint_every)
 
 
 def prune(
@@ -58,33 +66,63 @@ def prune(
     overwrite: bool = False,
     progress: bool = True,
     compact: bool = False,
+    resume: bool = False,
+    checkpoint_every: int = 0,
 ) -> dict:
     """Fine-tune with pruning per ``recipe``; writes the finalised checkpoint and
     ``pruning_report.json`` into ``out`` (nothing if None). With ``compact``, the saved
-    checkpoint has its pruned heads and neurons removed (structured recipes)."""
-    return _run(checkpoint, arch, task, out, recipe.training, recipe, seed, data_dir, overwrite, progress,
-                "pruning_report.json", compact)
+    checkpoint has its pruned heads and neurons removed (structured recipes). With
+    ``checkpoint_every`` steps, a killed run can continue with ``resume``."""
+    return _run(checkpoint, arch, task, out, recipe.training, recipe, seed=seed, data_dir=data_dir, overwrite=overwrite,
+                progress=progress, report_name="pruning_report.json", compact=compact, resume=resume,
+                checkpoint_every=checkpoint_every)
 
 
-def _run(checkpoint, arch, task, out, training, recipe, seed, data_dir, overwrite, progress, report_name, compact):
-    """Train into a staged copy of ``out`` (or a throw-away dir when ``out`` is None)."""
+def _run(checkpoint, arch, task, out, training, recipe, *, seed, data_dir, overwrite, progress, report_name,
+         compact=False, resume=False, checkpoint_every=0):
+    """Train in the work dir of ``out`` (or a throw-away dir when ``out`` is None); only the
+    main process writes when several train together."""
+    def train(workdir, resume=False):
+        return _train(checkpoint, arch, task, workdir, training, recipe, seed, data_dir, progress, checkpoint_every, resume)
+
     if out is None:
         with tempfile.TemporaryDirectory(prefix="bermo-prune-") as scratch:
-            return _train(checkpoint, arch, task, Path(scratch), training, recipe, seed, data_dir, progress)[0]
-    with staged_output(out, overwrite) as stage:
-        report, model, tokenizer = _train(checkpoint, arch, task, stage, training, recipe, seed, data_dir, progress)
+            return train(Path(scratch))[0]
+    if not is_main_process():  # the other ranks keep their checkpoint files in the shared work dir
+        return train(work_dir_for(out), resume)[0]
+    settings = json.loads(json.dumps({
+        "checkpoint": str(checkpoint), "arch": arch, "task": task, "seed": seed, "data_dir": data_dir and str(data_dir),
+        "training": training.model_dump(), "recipe": recipe_to_dict(recipe) if recipe else None, "compact": compact,
+    }))
+    resumable = lambda work: last_complete_checkpoint(work / "trainer") is not None  # noqa: E731
+    with resumable_output(out, overwrite, resume, keep=resumable) as work:
+        _check_same_settings(work / RUN_SETTINGS, settings)
+        write_json_atomic(work / RUN_SETTINGS, settings)
+        report, model, tokenizer = train(work, resume)
+        (work / RUN_SETTINGS).unlink()
         if compact:
             from bermo_prune.compact import compact as compact_model, structure
 
             model = compact_model(model)
             report["compacted"] = {"parameters": sum(p.numel() for p in model.parameters()), "layers": structure(model)}
-        model.save_pretrained(stage)
-        tokenizer.save_pretrained(stage)
-        write_json_atomic(stage / report_name, report)
+        model.save_pretrained(work)
+        tokenizer.save_pretrained(work)
+        write_json_atomic(work / report_name, report)
     return report
 
 
-def _train(checkpoint, arch, task, workdir, training, recipe, seed, data_dir, progress):
+def _check_same_settings(path: Path, settings: dict) -> None:
+    """A resumed run must be the run that was interrupted."""
+    if not path.exists():
+        return
+    saved = json.loads(path.read_text())
+    differ = sorted(k for k in settings.keys() | saved.keys() if settings.get(k) != saved.get(k))
+    if differ:
+        raise BermoPruneError(f"--resume: the interrupted run in {path.parent} had different {', '.join(differ)}; "
+                              "pass the same options, or --overwrite to start over")
+
+
+def _train(checkpoint, arch, task, workdir, training, recipe, seed, data_dir, progress, checkpoint_every=0, resume=False):
     spec = get_task(task)
     torch.manual_seed(seed)
     model, tokenizer = load_classifier(checkpoint, arch, num_labels=spec.num_labels)
@@ -103,6 +141,8 @@ def _train(checkpoint, arch, task, workdir, training, recipe, seed, data_dir, pr
         divergence=recipe.divergence if recipe is not None else None,
         progress=progress,
         description=label,
+        checkpoint_every=checkpoint_every,
+        resume=resume,
     )
     shutil.rmtree(workdir / "trainer", ignore_errors=True)
     report = {

@@ -2,25 +2,37 @@
 
 Data flows one way: recipe -> pruner -> PruningCallback (masks every step) -> finalize ->
 checkpoint + report. Dense fine-tuning is the same run without a pruner.
+
+Resumable runs: every ``checkpoint_every`` steps the Trainer writes a checkpoint (model with its
+parametrisations, optimizer, scheduler, RNG states, trainer state) and the callback adds the
+pruner's own state and then a marker file; only checkpoints with the marker are resumed from,
+so one cut short by a kill is never picked up.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import safetensors.torch
 import torch
 from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback
+from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from bermo_prune.data import compute_metrics, get_task, load_split, subsample, tokenize_dataset
+from bermo_prune.pruning.distributed import average_, world_size
 from bermo_prune.pruning.masks import sparsity_report, select_modules
 from bermo_prune.recipes import DEFAULT_INCLUDE, DivergenceSpec, TrainingSpec
 
 LOG_EVERY = 10
+COMPLETE_MARKER = "bermo_prune_complete"
+PRUNER_STATE = "pruner_state.safetensors"
 
 
 @dataclass
@@ -49,6 +61,23 @@ class DivergenceGuard:
             self.reason = f"dev metric {metric:.4f} below the recipe's min_metric {self.spec.min_metric}"
 
 
+class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
+    """Length-grouped batches in an order fixed by (seed, epoch). The stock sampler draws from the
+    global RNG when an epoch starts, so a run resumed mid-epoch would see other batches."""
+
+    def __init__(self, batch_size: int, lengths: list[int], seed: int):
+        super().__init__(batch_size, lengths=lengths, generator=torch.Generator())
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        self.generator.manual_seed(self.seed * 1_000_003 + self.epoch)
+        return super().__iter__()
+
+
 class PruningTrainer(Trainer):
     """Adds the pruner's loss term and optimizer groups, and watches the loss for divergence."""
 
@@ -68,6 +97,23 @@ class PruningTrainer(Trainer):
             self.guard.check_loss(loss, self.state.global_step)
         return (loss, outputs) if return_outputs else loss
 
+    def _get_train_sampler(self, train_dataset=None):
+        sampler = super()._get_train_sampler(train_dataset)
+        if isinstance(sampler, LengthGroupedSampler):
+            return EpochSeededLengthGroupedSampler(sampler.batch_size, sampler.lengths, self.args.data_seed)
+        return sampler
+
+    def _save(self, output_dir=None, state_dict=None):
+        """Checkpoints hold the parametrised model as is (masks, scores, gates included): a plain
+        safetensors state dict, since save_pretrained does not know parametrisations."""
+        if not self.args.should_save:
+            return
+        os.makedirs(output_dir, exist_ok=True)
+        safetensors.torch.save_model(self.model, os.path.join(output_dir, "model.safetensors"))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        safetensors.torch.load_model(model or self.model, os.path.join(resume_from_checkpoint, "model.safetensors"))
+
     def create_optimizer(self, model=None):
         optimizer = super().create_optimizer(model)
         groups = self.pruner.param_groups() if self.pruner is not None else []
@@ -86,21 +132,48 @@ class PruningCallback(TrainerCallback):
     def __init__(self, pruner, guard: DivergenceGuard):
         self.pruner = pruner
         self.guard = guard
+        self.save_after_evaluation = False
 
     def on_train_begin(self, args, state, control, **kwargs):
+        # Several processes split each epoch's batches: the Trainer knows the real step count.
         if self.pruner is not None and self.pruner.total_steps != state.max_steps:
-            raise RuntimeError(f"pruner scheduled for {self.pruner.total_steps} steps, trainer runs {state.max_steps}")
+            self.pruner.set_total_steps(state.max_steps)
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         if self.pruner is not None:
+            if world_size() > 1:  # DDP averages the model's gradients only, not the pruner's own
+                average_(p.grad for p in self.pruner.external_parameters() if p.grad is not None)
             self.pruner.before_optimizer_step()
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.pruner is not None:
+            for param in self.pruner.external_parameters():  # the Trainer zeroes the model's gradients only
+                param.grad = None
             self.pruner.on_step_end(state.global_step)
+            if control.should_save:
+                self.pruner.sync()
+        if control.should_save and float(state.epoch).is_integer():
+            # The Trainer would save before the end-of-epoch evaluation, and a run resumed from
+            # that checkpoint would never have it: save once the evaluation is logged.
+            control.should_save = False
+            self.save_after_evaluation = True
         if self.guard.reason is not None:
             control.should_training_stop = True
             control.should_evaluate = False
+            control.should_save = self.save_after_evaluation = False
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if self.save_after_evaluation:
+            control.should_save = True
+            self.save_after_evaluation = False
+
+    def on_save(self, args, state, control, **kwargs):
+        if not args.should_save:
+            return
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if self.pruner is not None:
+            safetensors.torch.save_file(self.pruner.state_dict(), str(folder / PRUNER_STATE))
+        (folder / COMPLETE_MARKER).write_text("complete\n")
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs is not None and self.pruner is not None and "loss" in logs:
@@ -189,9 +262,13 @@ def train_and_evaluate(
     divergence: DivergenceSpec | None = None,
     progress: bool = True,
     description: str = "train",
+    checkpoint_every: int = 0,
+    resume: bool = False,
 ) -> RunResult:
     """Fine-tune ``model`` on the task (pruning it if a pruner is given), finalise the masks and
-    evaluate on dev. ``model`` is left as a plain model holding real zeros."""
+    evaluate on dev. ``model`` is left as a plain model holding real zeros. With
+    ``checkpoint_every``, resumable checkpoints go to ``out_dir/trainer``; with ``resume``, the
+    run continues from the last complete one there (if any)."""
     task = get_task(task_name)
     train = subsample(load_split(task.name, "train", data_dir), training.max_train_samples, seed)
     dev = load_split(task.name, "dev", data_dir)
@@ -212,13 +289,17 @@ def train_and_evaluate(
         data_seed=seed,
         train_sampling_strategy="group_by_length",
         eval_strategy="epoch",
-        save_strategy="no",
+        save_strategy="steps" if checkpoint_every else "no",
+        save_steps=checkpoint_every or 500,
+        save_total_limit=2,  # the newest may be cut short by a kill; the one before is whole
         logging_strategy="steps",
         logging_steps=max(1, min(LOG_EVERY, total_steps // 20)),  # a loss curve even for short runs
         report_to="none",
         disable_tqdm=True,
         use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0,
+        ddp_broadcast_buffers=False,  # masks agree by construction (see Pruner.sync); scores must not be overwritten
+        ddp_find_unused_parameters=pruner is not None,  # gates and scores stop training when masks freeze
     )
     callbacks = [PruningCallback(pruner, guard)]
     if progress:
@@ -242,8 +323,12 @@ def train_and_evaluate(
         pruner.attach(model, total_steps)
         target_names = list(pruner.modules)
 
+    resume_from = last_complete_checkpoint(Path(out_dir) / "trainer") if resume else None
+    if resume_from is not None and pruner is not None:
+        pruner.load_state_dict(safetensors.torch.load_file(str(resume_from / PRUNER_STATE)))
+
     start = time.perf_counter()
-    train_output = trainer.train()
+    train_output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     wall = time.perf_counter() - start
     if pruner is not None:
         pruner.finalize()
@@ -281,6 +366,17 @@ def train_and_evaluate(
         result.layer_weights = model.layer_weights()
         result.gamma = model.scalar_mix.gamma.item()
     return result
+
+
+def last_complete_checkpoint(trainer_dir: Path) -> Path | None:
+    """The newest checkpoint written to the end; checkpoints cut short are removed."""
+    complete = []
+    for folder in Path(trainer_dir).glob("checkpoint-*"):
+        if (folder / COMPLETE_MARKER).exists():
+            complete.append(folder)
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+    return max(complete, key=lambda f: int(f.name.rsplit("-", 1)[1]), default=None)
 
 
 def _total_steps(train_dataset, training: TrainingSpec) -> int:

@@ -132,8 +132,7 @@ class L0Pruner(Pruner):
     def scores(self):
         return {name: p.expand(p.log_alpha.detach()) for name, p in self.parametrizations().items()}
 
-    def freeze(self):
-        super().freeze()
+    def on_freeze(self):
         for p in self.parametrizations().values():
             p.fixed = True
             p.log_alpha.requires_grad_(False)

@@ -5,13 +5,15 @@ Scores accumulate S <- S - dL/dW' * W at every backward pass, W' = W * M being t
 away from zero gain score; every ``update_every`` steps the top-k scores are kept.
 
 Accumulating inside backward keeps the scores out of the optimizer and out of gradient
-clipping, and costs one multiply-add per weight.
+clipping, and costs one multiply-add per weight. Under DistributedDataParallel each process
+accumulates the movement of its own batches; ``sync`` averages them before masks are chosen.
 """
 
 import torch
 from torch import nn
 
 from bermo_prune.pruning.base import Pruner
+from bermo_prune.pruning.distributed import average_
 from bermo_prune.pruning.registry import register_pruner
 
 
@@ -50,3 +52,6 @@ class MovementPruner(Pruner):
 
     def scores(self):
         return {name: p.scores for name, p in self.parametrizations().items()}
+
+    def sync(self):
+        average_(p.scores for p in self.parametrizations().values())

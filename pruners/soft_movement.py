@@ -52,8 +52,7 @@ class SoftMovementPruner(Pruner):
     def scores(self):
         return {name: p.scores.detach() for name, p in self.parametrizations().items()}
 
-    def freeze(self):
-        super().freeze()
+    def on_freeze(self):
         for p in self.parametrizations().values():
             p.fixed = True
             p.scores.requires_grad_(False)

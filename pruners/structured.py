@@ -25,6 +25,7 @@ from torch.nn.utils import parametrize
 from bermo_prune.errors import BermoPruneError
 from bermo_prune.pruning import masks as M
 from bermo_prune.pruning.base import Pruner
+from bermo_prune.pruning.distributed import average_
 from bermo_prune.pruning.registry import register_pruner
 from pruners.movement import MovementMask
 
@@ -111,7 +112,7 @@ class StructuredPruner(Pruner):
             if match is None:
                 raise BermoPruneError(f"structured pruner {self.name}: {name} is not an encoder Linear of a BERT layer")
             found.setdefault((match.group(1) or "") + match.group(2), {})[ROLES[match.group(3)]] = module
-        model_modules = dict(self._model.named_modules())
+        model_modules = dict(self.model.named_modules())
         self.layers = []
         for prefix, roles in found.items():
             if len(roles) != len(ROLES):
@@ -128,10 +129,6 @@ class StructuredPruner(Pruner):
         head_target = self.targets()[0]  # an unreachable target fails now, not when the window closes
         min_heads = 0 if self.options.allow_empty_attention else 1
         select_keep({l.name: torch.zeros(l.num_heads) for l in self.layers}, head_target, self.recipe.scope, min_heads)
-
-    def attach(self, model, total_steps):
-        self._model = model  # on_attach looks up each layer's head size
-        super().attach(model, total_steps)
 
     # --- scores and masks ------------------------------------------------------------------------
     def group_scores(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -152,13 +149,12 @@ class StructuredPruner(Pruner):
         return heads, neurons
 
     def update(self, sparsity):
+        self.sync()
         target = self.recipe.target_sparsity
         self.apply_keep(*self.keep_masks(min(1.0, sparsity / target) if target > 0 else 1.0))
 
-    def freeze(self):
+    def fix_masks(self):
         self.apply_keep(*self.keep_masks(1.0))
-        self.frozen = True
-        self.frozen_at = self.step
 
     def apply_keep(self, heads: dict[str, torch.Tensor], neurons: dict[str, torch.Tensor]) -> None:
         """Write head/neuron keep vectors into the weight and bias masks of every layer."""
@@ -236,3 +232,6 @@ class HeadNeuronMovementPruner(StructuredPruner):
 
     def group_scores(self):
         return self.by_layer(lambda m, t: getattr(m.parametrizations, t)[0].scores, lambda g: g.sum(dim=1))
+
+    def sync(self):
+        average_([p.scores for p in self.parametrizations().values()] + [p.scores for p in self.bias_masks.values()])

@@ -51,8 +51,8 @@ class HeadNeuronL0Pruner(StructuredPruner):
         self.neuron_alpha = {layer.name: gates(layer.num_neurons) for layer in self.layers}
         self.hooks = []
         for layer in self.layers:
-            attention = self._model.get_submodule(f"{layer.name}.attention.self")
-            intermediate = self._model.get_submodule(f"{layer.name}.intermediate")
+            attention = self.model.get_submodule(f"{layer.name}.attention.self")
+            intermediate = self.model.get_submodule(f"{layer.name}.intermediate")
             self.hooks.append(attention.register_forward_hook(partial(self._gate_heads, layer)))
             self.hooks.append(intermediate.register_forward_hook(partial(self._gate_neurons, layer)))
         self.lambda_1 = nn.Parameter(torch.zeros(2, device=device))  # (heads, neurons)
@@ -113,8 +113,7 @@ class HeadNeuronL0Pruner(StructuredPruner):
         detach = lambda alphas: {name: a.detach() for name, a in alphas.items()}  # noqa: E731
         return detach(self.head_alpha), detach(self.neuron_alpha)
 
-    def freeze(self):
-        super().freeze()
+    def on_freeze(self):
         for hook in self.hooks:  # from now on the exact masks alone decide
             hook.remove()
         self.hooks = []

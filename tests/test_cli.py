@@ -52,7 +52,7 @@ def assert_user_error(result, *fragments: str, usage: bool = False):
 
 def no_leftovers(out: Path) -> None:
     assert not out.exists()
-    assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.partial-")]
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.partial")]
 
 
 def encoder_linear_zeros(model) -> tuple[int, int]:
@@ -82,7 +82,7 @@ def test_finetune_evaluate_inspect(arch, tiny_checkpoint, tiny_glue, tmp_path):
     assert {"config.json", "model.safetensors", "metrics.json"} <= files
     assert not any(name.endswith(".bin") for name in files)
     assert "trainer" not in files  # the Trainer's scratch dir is removed
-    assert not list(tmp_path.glob(f".{out.name}.partial-*"))
+    assert not list(tmp_path.glob(f".{out.name}.partial*"))
     assert json.loads((out / "config.json").read_text())["model_type"] == arch
 
     metrics = json.loads((out / "metrics.json").read_text())
@@ -281,7 +281,7 @@ def test_non_empty_output_dir_is_kept(tiny_checkpoint, tiny_glue, tmp_path):
     result = run("finetune", "--model", tiny_checkpoint, "--data", tiny_glue, *FAST, "--out", out)
     assert_user_error(result, "already exists")
     assert snapshot() == before
-    assert not list(tmp_path.glob(".out.partial-*"))
+    assert not list(tmp_path.glob(".out.partial*"))
 
 
 def test_overwrite_replaces_only_on_success(tiny_checkpoint, tiny_glue, tmp_path):
@@ -296,7 +296,7 @@ def test_overwrite_replaces_only_on_success(tiny_checkpoint, tiny_glue, tmp_path
     ok(run("prune", tiny_checkpoint, "--recipe", "sst2-magnitude", "--data", tiny_glue, *FAST, "--out", out, "--overwrite"))
     files = {p.name for p in out.iterdir()}
     assert "old.txt" not in files and "pruning_report.json" in files
-    assert not list(tmp_path.glob(".out.partial-*"))
+    assert not list(tmp_path.glob(".out.partial*"))
 
 
 def test_evaluate_missing_path(tiny_glue, tmp_path):

@@ -214,7 +214,7 @@ def test_corrupted_export_is_a_user_error(case, sparse_dir, tmp_path):
         export.import_sparse(sparse_dir)
     out = tmp_path / "dense"
     assert_user_error(run("export", sparse_dir, "--format", "dense", "--out", out), fragment)
-    assert not out.exists() and not list(tmp_path.glob(".dense.partial-*"))
+    assert not out.exists() and not list(tmp_path.glob(".dense.partial*"))
 
 
 def test_export_user_mistakes(pruned_checkpoint, sparse_dir, tmp_path):

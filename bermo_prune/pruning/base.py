@@ -3,6 +3,12 @@
     attach(model, total_steps) -> [per step: penalty(), before_optimizer_step(), on_step_end()]
     -> finalize()
 
+``state_dict``/``load_state_dict`` carry what a resumed run needs beyond the model's own state
+dict (which already holds masks, scores and gates, as buffers and parameters of the
+parametrisations): the step, whether masks are fixed, and parameters the pruner keeps outside
+the model (Lagrange multipliers, group gates). Under torch.distributed, ``sync`` makes state that
+each process accumulates on its own (movement scores) identical everywhere before it is used.
+
 A pruner owns one parametrisation per targeted Linear weight. Score-based pruners only say how
 to score weights (``scores``); the base class turns scores into exact top-k masks on the
 recipe's schedule, fixes them when the pruning window closes, and bakes them into real zeros.
@@ -38,6 +44,7 @@ class Pruner:
         self.frozen_at: int | None = None
         self.step = 0
         self.total_steps = 0
+        self.model: nn.Module | None = None
 
     # --- life cycle -------------------------------------------------------------------------
     def attach(self, model: nn.Module, total_steps: int) -> None:
@@ -45,14 +52,19 @@ class Pruner:
         self.modules = M.select_modules(model, targets.include, targets.exclude)
         if not self.modules:
             raise BermoPruneError(f"recipe targets match no Linear module of the model (include={targets.include})")
-        self.total_steps = total_steps
-        self.schedule = self.recipe.sparsity_schedule(total_steps)
-        self.penalty_schedule = self.recipe.penalty_schedule(total_steps)
+        self.model = model
+        self.set_total_steps(total_steps)
         for name, module in self.modules.items():
             M.attach(module, self.make_parametrization(name, module))
         self.on_attach()
         if self.schedule(0) > 0:  # constant and one-shot-at-step-0 schedules prune before training
             self.update(self.schedule(0))
+
+    def set_total_steps(self, total_steps: int) -> None:
+        """(Re)build the schedules for a run of ``total_steps`` optimizer steps."""
+        self.total_steps = total_steps
+        self.schedule = self.recipe.sparsity_schedule(total_steps)
+        self.penalty_schedule = self.recipe.penalty_schedule(total_steps)
 
     def on_step_end(self, step: int) -> None:
         """Called after each optimizer step with the number of steps done."""
@@ -66,9 +78,11 @@ class Pruner:
 
     def freeze(self) -> None:
         """Fix masks at exactly the target sparsity; later steps only fine-tune the kept weights."""
-        self.set_masks(M.topk_masks(self.scores(), self.recipe.target_sparsity, self.recipe.scope))
+        self.sync()
+        self.fix_masks()
         self.frozen = True
         self.frozen_at = self.step
+        self.on_freeze()
 
     def finalize(self) -> None:
         """Bake the masks into real zeros and remove every parametrisation: a plain model again."""
@@ -84,11 +98,23 @@ class Pruner:
     def on_attach(self) -> None:
         pass
 
+    def fix_masks(self) -> None:
+        """Set the final masks, at exactly the target sparsity."""
+        self.set_masks(M.topk_masks(self.scores(), self.recipe.target_sparsity, self.recipe.scope))
+
+    def on_freeze(self) -> None:
+        """Stop whatever the pruner trains (gates, scores) once the masks are fixed; also run when
+        a run resumes after the freeze."""
+
+    def sync(self) -> None:
+        """Make process-local state identical across torch.distributed processes (no-op alone)."""
+
     def scores(self) -> dict[str, torch.Tensor]:
         """Importance of every targeted weight (higher = keep)."""
         raise NotImplementedError
 
     def update(self, sparsity: float) -> None:
+        self.sync()
         self.set_masks(M.topk_masks(self.scores(), sparsity, self.recipe.scope, exact=False))
 
     def penalty(self) -> torch.Tensor | None:
@@ -105,6 +131,37 @@ class Pruner:
     def state_summary(self) -> dict:
         """Numbers worth logging while training (beyond sparsity)."""
         return {}
+
+    # --- resuming -----------------------------------------------------------------------------
+    def external_parameters(self) -> list[torch.Tensor]:
+        """Trained parameters of the pruner that the model does not hold (its state dict misses them)."""
+        own = {id(p) for p in self.model.parameters()} if self.model is not None else set()
+        return [p for group in self.param_groups() for p in group["params"] if id(p) not in own]
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        state = {
+            "step": torch.tensor(self.step),
+            "frozen": torch.tensor(int(self.frozen)),
+            "frozen_at": torch.tensor(-1 if self.frozen_at is None else self.frozen_at),
+        }
+        for i, param in enumerate(self.external_parameters()):
+            state[f"external.{i}"] = param.detach().clone()
+        return state
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        externals = self.external_parameters()
+        saved = sorted((k for k in state if k.startswith("external.")), key=lambda k: int(k.split(".")[1]))
+        if len(saved) != len(externals) or any(state[k].shape != p.shape for k, p in zip(saved, externals)):
+            raise BermoPruneError(f"saved {self.name} pruner state does not fit this pruner (different recipe or model?)")
+        with torch.no_grad():
+            for key, param in zip(saved, externals):
+                param.copy_(state[key])
+        self.step = int(state["step"])
+        frozen_at = int(state["frozen_at"])
+        self.frozen_at = None if frozen_at < 0 else frozen_at
+        if int(state["frozen"]) and not self.frozen:
+            self.frozen = True
+            self.on_freeze()
 
     # --- helpers ------------------------------------------------------------------------------
     def parametrizations(self) -> dict[str, nn.Module]:
