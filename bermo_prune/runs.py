@@ -139,7 +139,7 @@ def _train(checkpoint, arch, task, workdir, training, recipe, seed, data_dir, pr
         data_dir=data_dir,
         pruner=pruner,
         divergence=recipe.divergence if recipe is not None else None,
-        progress=progress,
+        progress=progress and is_main_process(),
         description=label,
         checkpoint_every=checkpoint_every,
         resume=resume,
