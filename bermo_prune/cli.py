@@ -195,12 +195,13 @@ def demo(checkpoint, recipe_path, data_dir, seed, out):
 @task_option
 @data_option
 @click.option("--max-length", type=click.IntRange(8, 512), default=128, show_default=True)
+@click.option("--arch", type=ARCH_CHOICE, default=None, help="Refuse a checkpoint of any other arch.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def evaluate(checkpoint, task, data_dir, max_length, as_json):
+def evaluate(checkpoint, task, data_dir, max_length, arch, as_json):
     """Evaluate a checkpoint on the task's dev split."""
     from bermo_prune import runs
 
-    result = runs.evaluate(checkpoint, task, data_dir=data_dir, max_length=max_length)
+    result = runs.evaluate(checkpoint, task, data_dir=data_dir, max_length=max_length, arch=arch)
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return

@@ -16,6 +16,7 @@ from bermo_prune.data import compute_metrics, get_task, load_split, tokenize_dat
 from bermo_prune.errors import BermoPruneError
 from bermo_prune.io import resumable_output, work_dir_for, write_json_atomic
 from bermo_prune.models import load_classifier
+from bermo_prune.models.load import COMPACT_BERT, checkpoint_arch, resolve_checkpoint
 from bermo_prune.pruning.distributed import is_main_process
 from bermo_prune.pruning.masks import select_modules, sparsity_report
 from bermo_prune.pruning.registry import get_pruner_class
@@ -160,8 +161,18 @@ def _train(checkpoint, arch, task, workdir, training, recipe, seed, data_dir, pr
     return report, model, tokenizer
 
 
-def evaluate(checkpoint: str, task: str, *, data_dir: str | None = None, max_length: int = 128, batch_size: int = 64) -> dict:
+ARCH_NAMES = {"bert": "BERT", "bermo": "BERMo"}
+
+
+def evaluate(checkpoint: str, task: str, *, data_dir: str | None = None, max_length: int = 128, batch_size: int = 64,
+             arch: str | None = None) -> dict:
+    """Dev metrics of a saved checkpoint; with ``arch``, refuse a checkpoint of another arch."""
     spec = get_task(task)
+    if arch is not None:
+        native = checkpoint_arch(resolve_checkpoint(checkpoint))
+        if (native if native != COMPACT_BERT else "bert") != arch:
+            name = ARCH_NAMES.get(native, "compacted BERT")
+            raise BermoPruneError(f"{checkpoint} is a {name} checkpoint, not {ARCH_NAMES[arch]} (--arch {arch})")
     model, tokenizer = load_classifier(checkpoint, None, num_labels=spec.num_labels)
     metrics = evaluate_model(model, tokenizer, spec.name, data_dir=data_dir, max_length=max_length, batch_size=batch_size)
     return {"checkpoint": str(checkpoint), "task": spec.name, "arch": model.config.model_type, **metrics}

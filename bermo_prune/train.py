@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, Trai
 from transformers.trainer_callback import PrinterCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
+from bermo_prune.errors import BermoPruneError
 from bermo_prune.data import compute_metrics, get_task, load_split, subsample, tokenize_dataset
 from bermo_prune.pruning.distributed import average_, world_size
 from bermo_prune.pruning.masks import sparsity_report, select_modules
@@ -328,7 +330,12 @@ def train_and_evaluate(
         pruner.load_state_dict(safetensors.torch.load_file(str(resume_from / PRUNER_STATE)))
 
     start = time.perf_counter()
-    train_output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    try:
+        train_output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    except pickle.UnpicklingError as exc:  # torch.load(weights_only=True) refused optimizer/RNG state
+        if resume_from is None:
+            raise
+        raise BermoPruneError(f"cannot resume from {resume_from}: {str(exc).splitlines()[0]}") from None
     wall = time.perf_counter() - start
     if pruner is not None:
         pruner.finalize()

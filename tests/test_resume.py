@@ -45,6 +45,21 @@ def prune(tiny_checkpoint, tiny_glue, recipe_path, out, **kwargs):
                       progress=False, seed=3, **kwargs)
 
 
+def prune_until_interrupted(monkeypatch, tiny_checkpoint, tiny_glue, recipe_path, out) -> None:
+    """A resumable run stopped by a KeyboardInterrupt at step INTERRUPT_AT, inside the window."""
+    original = PruningCallback.on_step_end
+
+    def interrupt(self, args, state, control, **kwargs):
+        if state.global_step == INTERRUPT_AT:
+            raise KeyboardInterrupt
+        return original(self, args, state, control, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(PruningCallback, "on_step_end", interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            prune(tiny_checkpoint, tiny_glue, recipe_path, out, checkpoint_every=CHECKPOINT_EVERY)
+
+
 def outcome(out: Path) -> tuple[dict, dict]:
     report = json.loads((out / "pruning_report.json").read_text())
     keep = ("status", "metrics", "best_metric", "sparsity", "steps", "loss_curve", "eval_history")
@@ -81,18 +96,8 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(tiny_checkpoint, ti
     recipe_path = write_recipe(tmp_path / "r.yaml", pruner, options)
     prune(tiny_checkpoint, tiny_glue, recipe_path, tmp_path / "whole", checkpoint_every=CHECKPOINT_EVERY)
 
-    original = PruningCallback.on_step_end
-
-    def interrupt(self, args, state, control, **kwargs):
-        if state.global_step == INTERRUPT_AT:
-            raise KeyboardInterrupt
-        return original(self, args, state, control, **kwargs)
-
     out = tmp_path / "resumed"
-    monkeypatch.setattr(PruningCallback, "on_step_end", interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        prune(tiny_checkpoint, tiny_glue, recipe_path, out, checkpoint_every=CHECKPOINT_EVERY)
-    monkeypatch.setattr(PruningCallback, "on_step_end", original)
+    prune_until_interrupted(monkeypatch, tiny_checkpoint, tiny_glue, recipe_path, out)
     assert not out.exists()
     checkpoints = sorted(p.name for p in (work_dir_for(out) / "trainer").glob("checkpoint-*"))
     assert checkpoints == ["checkpoint-4", "checkpoint-8"]  # kept for --resume: no work lost
@@ -108,17 +113,7 @@ def test_resume_skips_a_checkpoint_cut_short(tiny_checkpoint, tiny_glue, tmp_pat
     recipe_path = write_recipe(tmp_path / "r.yaml", "magnitude")
     prune(tiny_checkpoint, tiny_glue, recipe_path, tmp_path / "whole", checkpoint_every=CHECKPOINT_EVERY)
     out = tmp_path / "resumed"
-    original = PruningCallback.on_step_end
-
-    def interrupt(self, args, state, control, **kwargs):
-        if state.global_step == INTERRUPT_AT:
-            raise KeyboardInterrupt
-        return original(self, args, state, control, **kwargs)
-
-    monkeypatch.setattr(PruningCallback, "on_step_end", interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        prune(tiny_checkpoint, tiny_glue, recipe_path, out, checkpoint_every=CHECKPOINT_EVERY)
-    monkeypatch.setattr(PruningCallback, "on_step_end", original)
+    prune_until_interrupted(monkeypatch, tiny_checkpoint, tiny_glue, recipe_path, out)
     newest = work_dir_for(out) / "trainer" / "checkpoint-8"
     (newest / COMPLETE_MARKER).unlink()  # as if the kill came while it was being written
     (newest / "model.safetensors").write_bytes(b"half a file")
@@ -129,17 +124,7 @@ def test_resume_skips_a_checkpoint_cut_short(tiny_checkpoint, tiny_glue, tmp_pat
 def test_resume_refuses_other_settings(tiny_checkpoint, tiny_glue, tmp_path, monkeypatch):
     recipe_path = write_recipe(tmp_path / "r.yaml", "magnitude")
     out = tmp_path / "run"
-    original = PruningCallback.on_step_end
-
-    def interrupt(self, args, state, control, **kwargs):
-        if state.global_step == INTERRUPT_AT:
-            raise KeyboardInterrupt
-        return original(self, args, state, control, **kwargs)
-
-    monkeypatch.setattr(PruningCallback, "on_step_end", interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        prune(tiny_checkpoint, tiny_glue, recipe_path, out, checkpoint_every=CHECKPOINT_EVERY)
-    monkeypatch.setattr(PruningCallback, "on_step_end", original)
+    prune_until_interrupted(monkeypatch, tiny_checkpoint, tiny_glue, recipe_path, out)
     other = write_recipe(tmp_path / "other.yaml", "movement")
     with pytest.raises(BermoPruneError, match="different recipe"):
         prune(tiny_checkpoint, tiny_glue, other, out, checkpoint_every=CHECKPOINT_EVERY, resume=True)

@@ -58,3 +58,22 @@ def test_yaml_tags_in_a_recipe_do_not_run_code(tmp_path):
     assert result.exit_code == 2, result.output
     assert "not valid YAML" in result.output
     assert not marker.exists()
+
+
+def test_pickle_payload_in_a_resumable_checkpoint_is_not_executed(tmp_path, tiny_checkpoint, tiny_glue, monkeypatch):
+    import pytest
+
+    from bermo_prune.errors import BermoPruneError
+    from bermo_prune.io import work_dir_for
+    from test_resume import CHECKPOINT_EVERY, prune, prune_until_interrupted, write_recipe
+
+    recipe = write_recipe(tmp_path / "r.yaml", "magnitude")
+    out = tmp_path / "run"
+    prune_until_interrupted(monkeypatch, tiny_checkpoint, tiny_glue, recipe, out)
+    marker = tmp_path / "PWNED"
+    for checkpoint in (work_dir_for(out) / "trainer").glob("checkpoint-*"):
+        with open(checkpoint / "optimizer.pt", "wb") as fh:
+            pickle.dump({"state": _Payload(marker)}, fh)
+    with pytest.raises(BermoPruneError, match="cannot resume"):
+        prune(tiny_checkpoint, tiny_glue, recipe, out, checkpoint_every=CHECKPOINT_EVERY, resume=True)
+    assert not marker.exists()

@@ -1,0 +1,124 @@
+"""The user-mistake matrix: each mistake ends in exactly one 'Error: ...' line naming the problem,
+exit code 2, no traceback, and nothing left behind in the output location."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from bermo_prune.models import BermoConfig, BermoForSequenceClassification
+from test_cli import RECIPES, assert_user_error, run
+
+from conftest import tiny_config
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, tiny_checkpoint, tiny_glue, tokenizer) -> Path:
+    """Everything the mistakes need, built once: bad recipes, bad data, bad checkpoints."""
+    root = tmp_path_factory.mktemp("mistakes")
+    magnitude = yaml.safe_load((RECIPES / "sst2-magnitude.yaml").read_text())
+
+    def recipe(name: str, **changes) -> None:
+        data = {**magnitude, **changes}
+        (root / f"{name}.yaml").write_text(yaml.safe_dump(data))
+
+    (root / "broken.yaml").write_text("pruner: {name: magnitude\ntarget_sparsity: [0.5\n")
+    recipe("unknown-key", colour="red")
+    recipe("negative", target_sparsity=-0.1)
+    recipe("backwards", schedule={**magnitude["schedule"], "start": 0.8, "end": 0.2})
+    recipe("unknown-pruner", pruner={"name": "telepathy"})
+
+    no_label = root / "glue-no-label" / "SST-2"
+    no_label.mkdir(parents=True)
+    for split in ("train", "dev"):
+        rows = (tiny_glue / "SST-2" / f"{split}.tsv").read_text().splitlines()
+        (no_label / f"{split}.tsv").write_text("\n".join(["sentence"] + [r.split("\t")[0] for r in rows[1:]]) + "\n")
+    empty = root / "glue-empty" / "SST-2"
+    empty.mkdir(parents=True)
+    (empty / "train.tsv").write_text("")
+    shutil.copy(tiny_glue / "SST-2" / "dev.tsv", empty / "dev.tsv")
+
+    (root / "not-a-model").mkdir()
+    (root / "not-a-model" / "notes.txt").write_text("hello")
+    truncated = root / "truncated"
+    shutil.copytree(tiny_checkpoint, truncated)
+    weights = (truncated / "model.safetensors").read_bytes()
+    (truncated / "model.safetensors").write_bytes(weights[: len(weights) // 2])
+    bermo = root / "bermo"
+    torch.manual_seed(0)
+    BermoForSequenceClassification(BermoConfig.from_bert_config(tiny_config(), num_labels=2)).save_pretrained(bermo)
+    tokenizer.save_pretrained(bermo)
+
+    finished = root / "finished"
+    finished.mkdir()
+    (finished / "pruning_report.json").write_text("{}")
+    (root / "a-file").write_text("not a directory")
+
+    spec = {"name": "s", "checkpoint": str(tiny_checkpoint), "task": "sst2", "data": str(tiny_glue), "archs": ["bert"],
+            "recipes": [str(root / "no-such-recipe.yaml")], "sparsities": [0.5], "seeds": [0]}
+    (root / "spec.yaml").write_text(yaml.safe_dump(spec))
+    return root
+
+
+FAST = ["--epochs", "1", "--max-train-samples", "16"]
+
+# (name, command with {ws} = workspace, {ckpt} = tiny checkpoint, {glue} = tiny GLUE dir; words the error names)
+MISTAKES = [
+    ("malformed YAML", "prune {ckpt} --recipe {ws}/broken.yaml --data {glue}", ["broken.yaml"]),
+    ("unknown recipe key", "prune {ckpt} --recipe {ws}/unknown-key.yaml --data {glue}", ["colour", "unknown key"]),
+    ("sparsity 1.0", "prune {ckpt} --recipe sst2-magnitude --target-sparsity 1.0 --data {glue}", ["target_sparsity"]),
+    ("negative sparsity", "prune {ckpt} --recipe {ws}/negative.yaml --data {glue}", ["negative.yaml", "target_sparsity"]),
+    ("schedule end before start", "prune {ckpt} --recipe {ws}/backwards.yaml --data {glue}", ["backwards.yaml", "end"]),
+    ("unknown pruner", "prune {ckpt} --recipe {ws}/unknown-pruner.yaml --data {glue}", ["telepathy"]),
+    ("unknown recipe name", "prune {ckpt} --recipe sst2-nonexistent --data {glue}", ["sst2-nonexistent"]),
+    ("unknown task", "prune {ckpt} --recipe sst2-magnitude --task foo --data {glue}", ["unknown GLUE task 'foo'"]),
+    ("missing data dir", "finetune --model {ckpt} --data {ws}/no-such-dir", ["no-such-dir"]),
+    ("TSV without label column", "prune {ckpt} --recipe sst2-magnitude --data {ws}/glue-no-label", ["train.tsv", "'label'"]),
+    ("empty data file", "finetune --model {ckpt} --data {ws}/glue-empty", ["train.tsv", "empty"]),
+    ("checkpoint dir that is no model", "prune {ws}/not-a-model --recipe sst2-magnitude --data {glue}", ["not a model directory"]),
+    ("truncated safetensors", "finetune --model {ws}/truncated --data {glue}", ["truncated", "cannot load"]),
+    ("BERMo checkpoint as BERT", "prune {ws}/bermo --arch bert --recipe sst2-magnitude --data {glue}", ["BERMo checkpoint"]),
+    ("BERMo checkpoint evaluated as BERT", "evaluate {ws}/bermo --arch bert --data {glue}", ["BERMo checkpoint", "not BERT"]),
+    ("BERT checkpoint evaluated as BERMo", "evaluate {ckpt} --arch bermo --data {glue}", ["BERT checkpoint", "not BERMo"]),
+    ("output dir with results", "prune {ckpt} --recipe sst2-magnitude --data {glue} --out {ws}/finished", ["already exists", "--overwrite"]),
+    ("unwritable output dir", "prune {ckpt} --recipe sst2-magnitude --data {glue} --out {ws}/a-file/out", ["cannot write"]),
+    ("resume of a finished run", "prune {ckpt} --recipe sst2-magnitude --data {glue} --out {ws}/finished --resume", ["nothing to resume"]),
+    ("sweep spec naming a missing recipe", "bench {ws}/spec.yaml --out {ws}/bench-out", ["no-such-recipe"]),
+    ("bad shard", "bench {ws}/spec.yaml --out {ws}/bench-out --shard 3/2", ["3/2"]),
+]
+
+
+@pytest.mark.parametrize("command,words", [m[1:] for m in MISTAKES], ids=[m[0] for m in MISTAKES])
+def test_mistake_is_one_line_exit_2_and_leaves_nothing(workspace, tiny_checkpoint, tiny_glue, tmp_path, command, words):
+    args = command.format(ws=workspace, ckpt=tiny_checkpoint, glue=tiny_glue).split()
+    if "--out" not in args and args[0] != "evaluate":
+        args += ["--out", str(tmp_path / "out")]
+    if args[0] in ("prune", "finetune"):
+        args += FAST
+    before = sorted(p.relative_to(workspace) for p in workspace.rglob("*"))
+    result = run(*args)
+    assert_user_error(result, *words, usage="no-such-dir" in command)  # click checks that option itself
+    assert sorted(p.relative_to(workspace) for p in workspace.rglob("*")) == before  # nothing written or removed
+    assert not any(tmp_path.iterdir()), "partial output left behind"
+
+
+def test_the_matrix_covers_at_least_fifteen_mistakes():
+    assert len(MISTAKES) >= 15
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write into a read-only dir")
+def test_read_only_parent_dir(tiny_checkpoint, tiny_glue, tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        result = run("prune", tiny_checkpoint, "--recipe", "sst2-magnitude", "--data", tiny_glue, *FAST, "--out", locked / "out")
+        assert_user_error(result, "cannot write")
+        assert not any(locked.iterdir())
+    finally:
+        locked.chmod(0o755)
