@@ -158,13 +158,6 @@ def prune_command(
 DEMO_RECIPE = "sst2-demo"
 
 
-def resume_options(f):
-    f = click.option("--resume", is_flag=True,
-                     help="Continue an interrupted run into --out from its last complete checkpoint.")(f)
-    return click.option("--checkpoint-every", type=click.IntRange(min=0), default=DEFAULT_CHECKPOINT_EVERY,
-                        show_default=True, help="Write a resumable checkpoint every N steps (0: never).")(f)
-
-
 @main.command()
 @click.option("--model", "checkpoint", default="minilm-l6", show_default=True, help="Local dir, hub id, or alias.")
 @click.option("--recipe", "recipe_path", default=DEMO_RECIPE, show_default=True, help="Recipe file or bundled name.")
