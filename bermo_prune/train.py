@@ -26,8 +26,8 @@ from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, Trai
 from transformers.trainer_callback import PrinterCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from bermo_prune.errors import BermoPruneError
 from bermo_prune.data import compute_metrics, get_task, load_split, subsample, tokenize_dataset
+from bermo_prune.errors import BermoPruneError
 from bermo_prune.pruning.distributed import average_, world_size
 from bermo_prune.pruning.masks import sparsity_report, select_modules
 from bermo_prune.recipes import DEFAULT_INCLUDE, DivergenceSpec, TrainingSpec
