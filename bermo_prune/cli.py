@@ -119,12 +119,13 @@ def finetune(checkpoint, arch, task, data_dir, epochs, lr, batch_size, max_lengt
 @click.option("--epochs", type=float, default=None, help="Override training.epochs.")
 @click.option("--max-train-samples", type=int, default=None, help="Override training.max_train_samples.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--teacher", default=None, help="Distil from this fine-tuned checkpoint (sets training.distillation.teacher).")
 @click.option("--compact", "compact_model", is_flag=True, help="Save with pruned heads/neurons removed (structured recipes).")
 @out_options
 @resume_options
 def prune_command(
-    checkpoint, recipe_path, arch, task, data_dir, target_sparsity, epochs, max_train_samples, seed, compact_model, out, overwrite,
-    resume, checkpoint_every,
+    checkpoint, recipe_path, arch, task, data_dir, target_sparsity, epochs, max_train_samples, seed, teacher, compact_model, out,
+    overwrite, resume, checkpoint_every,
 ):
     """Fine-tune with pruning per a recipe; saves a plain checkpoint with real zeros and pruning_report.json."""
     from bermo_prune import runs
@@ -137,6 +138,7 @@ def prune_command(
             "target_sparsity": target_sparsity,
             "training.epochs": epochs,
             "training.max_train_samples": max_train_samples,
+            "training.distillation.teacher": teacher,
         }.items()
         if value is not None
     }

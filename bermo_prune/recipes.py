@@ -90,6 +90,15 @@ class PenaltySpec(_Spec):
     end: Fraction | None = None  # None: same as schedule.end
 
 
+class DistillationSpec(_Spec):
+    """Knowledge distillation from a fine-tuned teacher (Hinton et al. 2015), as CoFi and
+    nn_pruning use to win back the accuracy pruning costs."""
+
+    teacher: str = Field(min_length=1, description="fine-tuned checkpoint (dir, hub id) of the same task and tokenizer")
+    alpha: float = Field(0.5, ge=0, le=1, description="weight of the distillation loss; the task loss gets 1 - alpha")
+    temperature: float = Field(2.0, gt=0)
+
+
 class TrainingSpec(_Spec):
     epochs: float = Field(3.0, gt=0)
     learning_rate: float = Field(5e-5, gt=0)
@@ -100,13 +109,15 @@ class TrainingSpec(_Spec):
     weight_decay: float = Field(0.0, ge=0)
     # BERMo's scalar mix (N+1 logits and gamma) learns at its own rate; BERT has no such params.
     mix_learning_rate: float = Field(5e-3, gt=0)
-    distillation: bool = False
+    distillation: DistillationSpec | None = None
 
-    @field_validator("distillation")
+    @field_validator("distillation", mode="before")
     @classmethod
-    def _no_distillation(cls, value: bool) -> bool:
-        if value:
-            raise ValueError("distillation is not implemented yet; set it to false")
+    def _teacher_needed(cls, value):
+        if value is False:
+            return None
+        if value is True:
+            raise ValueError("needs a teacher: {teacher: DIR, alpha: 0.5, temperature: 2.0}")
         return value
 
 

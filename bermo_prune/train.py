@@ -28,9 +28,10 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from bermo_prune.data import compute_metrics, get_task, load_split, subsample, tokenize_dataset
 from bermo_prune.errors import BermoPruneError
+from bermo_prune.models import load_classifier
 from bermo_prune.pruning.distributed import average_, world_size
 from bermo_prune.pruning.masks import sparsity_report, select_modules
-from bermo_prune.recipes import DEFAULT_INCLUDE, DivergenceSpec, TrainingSpec
+from bermo_prune.recipes import DEFAULT_INCLUDE, DistillationSpec, DivergenceSpec, TrainingSpec
 
 LOG_EVERY = 10
 COMPLETE_MARKER = "bermo_prune_complete"
@@ -80,17 +81,38 @@ class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
         return super().__iter__()
 
 
-class PruningTrainer(Trainer):
-    """Adds the pruner's loss term and optimizer groups, and watches the loss for divergence."""
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float, regression: bool) -> torch.Tensor:
+    """KL(teacher || student) of the temperature-softened distributions, times T^2 so its
+    gradients keep their scale across temperatures (Hinton et al. 2015); MSE for regression."""
+    if regression:
+        return torch.nn.functional.mse_loss(student, teacher)
+    log_p_student = torch.log_softmax(student / temperature, dim=-1)
+    log_p_teacher = torch.log_softmax(teacher / temperature, dim=-1)
+    kl = torch.nn.functional.kl_div(log_p_student, log_p_teacher, log_target=True, reduction="batchmean")
+    return kl * temperature**2
 
-    def __init__(self, *args, pruner=None, guard: DivergenceGuard, mix_learning_rate: float, **kwargs):
+
+class PruningTrainer(Trainer):
+    """Adds the pruner's loss term and optimizer groups, distils from a teacher if one is given,
+    and watches the loss for divergence."""
+
+    def __init__(self, *args, pruner=None, guard: DivergenceGuard, mix_learning_rate: float, teacher=None,
+                 distillation: DistillationSpec | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.mix_learning_rate = mix_learning_rate
         self.pruner = pruner
         self.guard = guard
+        self.teacher = teacher.to(self.args.device).eval() if teacher is not None else None
+        self.distillation = distillation
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        if self.teacher is not None and model.training:
+            with torch.no_grad():
+                teacher_logits = self.teacher(**{k: v for k, v in inputs.items() if k != "labels"}).logits
+            d = self.distillation
+            soft = distillation_loss(outputs.logits, teacher_logits, d.temperature, self.teacher.config.num_labels == 1)
+            loss = (1 - d.alpha) * loss + d.alpha * soft
         if self.pruner is not None and model.training:
             extra = self.pruner.penalty()
             if extra is not None:
@@ -317,6 +339,8 @@ def train_and_evaluate(
         pruner=pruner,
         guard=guard,
         mix_learning_rate=training.mix_learning_rate,
+        teacher=load_teacher(training.distillation, model, task) if training.distillation else None,
+        distillation=training.distillation,
     )
     trainer.remove_callback(PrinterCallback)  # our own progress bar (or silence) replaces it
 
@@ -373,6 +397,23 @@ def train_and_evaluate(
         result.layer_weights = model.layer_weights()
         result.gamma = model.scalar_mix.gamma.item()
     return result
+
+
+def load_teacher(spec: DistillationSpec, student, task):
+    """The teacher model, refused unless it can teach this student this task."""
+    teacher, _ = load_classifier(spec.teacher, None, num_labels=None)
+    if not any(name.endswith("ForSequenceClassification") for name in teacher.config.architectures or []):
+        raise BermoPruneError(f"teacher {spec.teacher} is not a fine-tuned classifier "
+                              f"(its checkpoint is a {', '.join(teacher.config.architectures or ['bare model'])})")
+    if teacher.config.num_labels != task.num_labels:
+        raise BermoPruneError(f"teacher {spec.teacher} has {teacher.config.num_labels} labels; "
+                              f"{task.name} needs a teacher fine-tuned on it ({task.num_labels} labels)")
+    if teacher.config.vocab_size != student.config.vocab_size:
+        raise BermoPruneError(f"teacher {spec.teacher} uses another vocabulary ({teacher.config.vocab_size} tokens, "
+                              f"the student {student.config.vocab_size})")
+    for param in teacher.parameters():
+        param.requires_grad_(False)
+    return teacher
 
 
 def last_complete_checkpoint(trainer_dir: Path) -> Path | None:

@@ -96,7 +96,7 @@ def test_recipe_to_dict_is_json_and_includes_options(tmp_path):
     data = recipe_to_dict(load_recipe(write(tmp_path, VALID)))
     assert json.loads(json.dumps(data)) == data
     assert data["pruner"] == {"name": "dummy", "options": {"score_lr": 0.01}}
-    assert data["training"]["distillation"] is False
+    assert data["training"]["distillation"] is None
 
 
 MALFORMED = {
@@ -129,9 +129,13 @@ MALFORMED = {
     "update_every 0": ("schedule: {update_every: 0}\n", "schedule.update_every: must be >= 1 (got 0)"),
     "bad regex": ("targets: {include: ['encoder.(']}\n", "targets.include.0: invalid regex 'encoder.('"),
     "empty include": ("targets: {include: []}\n", "targets.include: must not be empty"),
-    "distillation": (
+    "distillation without teacher": (
         "training: {distillation: true}\n",
-        "training.distillation: distillation is not implemented yet",
+        "training.distillation: needs a teacher",
+    ),
+    "distillation alpha": (
+        "training: {distillation: {teacher: t, alpha: 1.5}}\n",
+        "training.distillation.alpha: must be <= 1 (got 1.5)",
     ),
     "max_length": ("training: {max_length: 1024}\n", "training.max_length: must be <= 512 (got 1024)"),
     "collapse fraction": ("divergence: {collapse_fraction: 0.5}\n", "divergence.collapse_fraction: must be > 0.5"),
