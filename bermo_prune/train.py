@@ -301,6 +301,10 @@ def train_and_evaluate(
 
     guard = DivergenceGuard(divergence or DivergenceSpec())
     total_steps = _total_steps(train_tok, training)
+    target_names = list(select_modules(model, [DEFAULT_INCLUDE]).keys())
+    if pruner is not None:
+        pruner.attach(model, total_steps)
+        target_names = list(pruner.modules)
     args = TrainingArguments(
         output_dir=str(Path(out_dir) / "trainer"),
         per_device_train_batch_size=training.batch_size,
@@ -323,7 +327,8 @@ def train_and_evaluate(
         use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0,
         ddp_broadcast_buffers=False,  # masks agree by construction (see Pruner.sync); scores must not be overwritten
-        ddp_find_unused_parameters=pruner is not None,  # gates and scores stop training when masks freeze
+        # learned gates and scores stop taking part in the forward pass once the masks are fixed
+        ddp_find_unused_parameters=pruner is not None and bool(pruner.param_groups()),
     )
     callbacks = [PruningCallback(pruner, guard)]
     if progress:
@@ -343,11 +348,6 @@ def train_and_evaluate(
         distillation=training.distillation,
     )
     trainer.remove_callback(PrinterCallback)  # our own progress bar (or silence) replaces it
-
-    target_names = list(select_modules(model, [DEFAULT_INCLUDE]).keys())
-    if pruner is not None:
-        pruner.attach(model, total_steps)
-        target_names = list(pruner.modules)
 
     resume_from = last_complete_checkpoint(Path(out_dir) / "trainer") if resume else None
     if resume_from is not None and pruner is not None:
