@@ -7,9 +7,16 @@ away from zero gain score; every ``update_every`` steps the top-k scores are kep
 Accumulating inside backward keeps the scores out of the optimizer and out of gradient
 clipping, and costs one multiply-add per weight. Under DistributedDataParallel each process
 accumulates the movement of its own batches; ``sync`` averages them before masks are chosen.
+
+``scores: learned`` follows the authors' code instead: S is a parameter (initially zero) that
+the optimizer trains at ``score_lr`` through the same straight-through gradient dL/dW' * W,
+so Adam normalises each score's steps rather than summing raw products.
 """
 
+from typing import Literal
+
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from bermo_prune.pruning.base import Pruner
@@ -31,6 +38,12 @@ class _MaskAndAccumulate(torch.autograd.Function):
         return grad_output * mask, None, None
 
 
+class MovementOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    scores: Literal["accumulated", "learned"] = Field("accumulated", description="how scores follow -W * dL/dW'")
+    score_lr: float = Field(1e-2, gt=0, description="learning rate of learned scores")
+
+
 class MovementMask(nn.Module):
     def __init__(self, shape, device=None):
         super().__init__()
@@ -43,15 +56,49 @@ class MovementMask(nn.Module):
         return weight * self.mask
 
 
+class LearnedMovementMask(nn.Module):
+    """W' = W * (M + S - stop_grad(S)): the value is W * M, and dL/dS = dL/dW' * W."""
+
+    def __init__(self, shape, device=None):
+        super().__init__()
+        self.scores = nn.Parameter(torch.zeros(shape, device=device))
+        self.register_buffer("mask", torch.ones(shape, device=device))
+        self.fixed = False
+
+    def forward(self, weight):
+        if self.fixed or not torch.is_grad_enabled():
+            return weight * self.mask
+        return weight * (self.mask + self.scores - self.scores.detach())
+
+
 @register_pruner
 class MovementPruner(Pruner):
     name = "movement"
+    Options = MovementOptions
+
+    @property
+    def learned(self) -> bool:
+        return self.options.scores == "learned"
 
     def make_parametrization(self, name, module):
-        return MovementMask(module.weight.shape, device=module.weight.device)
+        mask_class = LearnedMovementMask if self.learned else MovementMask
+        return mask_class(module.weight.shape, device=module.weight.device)
 
     def scores(self):
-        return {name: p.scores for name, p in self.parametrizations().items()}
+        return {name: p.scores.detach() for name, p in self.parametrizations().items()}
 
     def sync(self):
-        average_(p.scores for p in self.parametrizations().values())
+        if not self.learned:  # learned scores are parameters: DDP already averages their gradients
+            average_(p.scores for p in self.parametrizations().values())
+
+    def param_groups(self):
+        if not self.learned:
+            return []
+        scores = [p.scores for p in self.parametrizations().values()]
+        return [{"params": scores, "lr": self.options.score_lr, "weight_decay": 0.0}]
+
+    def on_freeze(self):
+        if self.learned:
+            for p in self.parametrizations().values():
+                p.fixed = True
+                p.scores.requires_grad_(False)

@@ -96,6 +96,7 @@ def expected_zeros(numel: int, sparsity: float) -> int:
 CASES = {
     "magnitude": ("magnitude", None),
     "movement": ("movement", None),
+    "movement-learned": ("movement", {"scores": "learned"}),
     "soft_movement": ("soft_movement", None),
     "l0": ("l0", None),
     "l0-block-2x4": ("l0", {"block": [2, 4]}),
@@ -233,6 +234,32 @@ def test_movement_scores_are_minus_grad_times_weight():
     with torch.no_grad():  # no accumulation without autograd
         model(x)
     assert torch.equal(p.scores, 2 * expected)
+
+
+def test_learned_movement_scores_get_minus_the_movement_as_gradient():
+    """scores: learned -> S is a parameter whose gradient is dL/dW' * W (so the optimizer's
+    descent moves it by -dL/dW' * W, as the accumulated scores), and W' = W * M exactly."""
+    model = nn.Sequential(nn.Linear(3, 2, bias=False))
+    weight = torch.tensor([[0.5, -1.0, 2.0], [1.5, -0.5, 0.25]])
+    with torch.no_grad():
+        model[0].weight.copy_(weight)
+    pruner = get_pruner_class("movement")(recipe("movement", {"scores": "learned"}, targets={"include": [r"^0$"]}))
+    pruner.attach(model, 10)
+    p = pruner.parametrizations()["0"]
+    mask = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]])
+    with torch.no_grad():
+        p.mask.copy_(mask)
+    x = torch.tensor([[1.0, 2.0, -1.0], [0.5, -1.0, 3.0]])
+    upstream = torch.tensor([[1.0, -2.0], [0.5, 3.0]])
+    out = model(x)
+    assert torch.equal(out, x @ (weight * mask).T)
+    (out * upstream).sum().backward()
+    grad_masked_weight = upstream.T @ x
+    assert torch.allclose(p.scores.grad, grad_masked_weight * weight)
+    assert torch.equal(model[0].parametrizations.weight.original.grad, grad_masked_weight * mask)
+    assert [g["lr"] for g in pruner.param_groups()] == [1e-2]
+    pruner.freeze()
+    assert p.fixed and not p.scores.requires_grad
 
 
 def test_movement_update_keeps_the_top_scores():
