@@ -56,19 +56,32 @@ class MovementMask(nn.Module):
         return weight * self.mask
 
 
-class LearnedMovementMask(nn.Module):
-    """W' = W * (M + S - stop_grad(S)): the value is W * M, and dL/dS = dL/dW' * W."""
+class LearnedScoreMask(nn.Module):
+    """W' = W * (M + S - stop_grad(S)) with S a trained parameter: the value is W * M, and
+    dL/dS = dL/dW' * W (the straight-through estimator). M is the ``mask`` buffer, set by the
+    pruner; subclasses may derive it from S instead (``hard_mask``). Once ``fix``-ed, only the
+    buffer counts and S stops training."""
 
-    def __init__(self, shape, device=None):
+    def __init__(self, shape, init_score: float = 0.0, device=None):
         super().__init__()
-        self.scores = nn.Parameter(torch.zeros(shape, device=device))
+        self.scores = nn.Parameter(torch.full(shape, float(init_score), device=device))
         self.register_buffer("mask", torch.ones(shape, device=device))
         self.fixed = False
 
+    def hard_mask(self) -> torch.Tensor:
+        return self.mask
+
     def forward(self, weight):
-        if self.fixed or not torch.is_grad_enabled():
+        if self.fixed:
             return weight * self.mask
-        return weight * (self.mask + self.scores - self.scores.detach())
+        hard = self.hard_mask().to(weight.dtype)
+        if not torch.is_grad_enabled():
+            return weight * hard
+        return weight * (hard + self.scores - self.scores.detach())
+
+    def fix(self) -> None:
+        self.fixed = True
+        self.scores.requires_grad_(False)
 
 
 @register_pruner
@@ -81,7 +94,7 @@ class MovementPruner(Pruner):
         return self.options.scores == "learned"
 
     def make_parametrization(self, name, module):
-        mask_class = LearnedMovementMask if self.learned else MovementMask
+        mask_class = LearnedScoreMask if self.learned else MovementMask
         return mask_class(module.weight.shape, device=module.weight.device)
 
     def scores(self):
@@ -100,5 +113,4 @@ class MovementPruner(Pruner):
     def on_freeze(self):
         if self.learned:
             for p in self.parametrizations().values():
-                p.fixed = True
-                p.scores.requires_grad_(False)
+                p.fix()

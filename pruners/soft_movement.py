@@ -9,10 +9,10 @@ window closes, masks are fixed to exactly the target sparsity by top-k of S.
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from torch import nn
 
 from bermo_prune.pruning.base import Pruner
 from bermo_prune.pruning.registry import register_pruner
+from pruners.movement import LearnedScoreMask
 
 
 class SoftMovementOptions(BaseModel):
@@ -22,19 +22,15 @@ class SoftMovementOptions(BaseModel):
     threshold: float = Field(0.5, gt=0, lt=1, description="keep a weight while sigmoid(S) > threshold")
 
 
-class ThresholdMask(nn.Module):
-    def __init__(self, shape, init_score, threshold, device=None):
-        super().__init__()
-        self.threshold = threshold
-        self.fixed = False
-        self.scores = nn.Parameter(torch.full(shape, float(init_score), device=device))
-        self.register_buffer("mask", torch.ones(shape, device=device))
+class ThresholdMask(LearnedScoreMask):
+    """Learned scores whose mask, until it is fixed, is sigmoid(S) > threshold."""
 
-    def forward(self, weight):
-        if self.fixed:
-            return weight * self.mask
-        hard = (torch.sigmoid(self.scores) > self.threshold).to(weight.dtype)
-        return weight * (hard + self.scores - self.scores.detach())
+    def __init__(self, shape, init_score, threshold, device=None):
+        super().__init__(shape, init_score, device=device)
+        self.threshold = threshold
+
+    def hard_mask(self):
+        return torch.sigmoid(self.scores) > self.threshold
 
 
 @register_pruner
@@ -54,8 +50,7 @@ class SoftMovementPruner(Pruner):
 
     def on_freeze(self):
         for p in self.parametrizations().values():
-            p.fixed = True
-            p.scores.requires_grad_(False)
+            p.fix()
 
     def penalty(self):
         weight = self.current_penalty_weight()
