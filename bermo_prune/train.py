@@ -349,7 +349,10 @@ def train_and_evaluate(
     )
     trainer.remove_callback(PrinterCallback)  # our own progress bar (or silence) replaces it
 
-    resume_from = last_complete_checkpoint(Path(out_dir) / "trainer") if resume else None
+    resume_from = None
+    if resume:
+        remove_incomplete_checkpoints(Path(out_dir) / "trainer")
+        resume_from = last_complete_checkpoint(Path(out_dir) / "trainer")
     if resume_from is not None and pruner is not None:
         pruner.load_state_dict(safetensors.torch.load_file(str(resume_from / PRUNER_STATE)))
 
@@ -417,14 +420,16 @@ def load_teacher(spec: DistillationSpec, student, task):
 
 
 def last_complete_checkpoint(trainer_dir: Path) -> Path | None:
-    """The newest checkpoint written to the end; checkpoints cut short are removed."""
-    complete = []
-    for folder in Path(trainer_dir).glob("checkpoint-*"):
-        if (folder / COMPLETE_MARKER).exists():
-            complete.append(folder)
-        else:
-            shutil.rmtree(folder, ignore_errors=True)
+    """The newest checkpoint written to the end (None if there is none)."""
+    complete = [folder for folder in Path(trainer_dir).glob("checkpoint-*") if (folder / COMPLETE_MARKER).exists()]
     return max(complete, key=lambda f: int(f.name.rsplit("-", 1)[1]), default=None)
+
+
+def remove_incomplete_checkpoints(trainer_dir: Path) -> None:
+    """Checkpoints a kill cut short: the resumed run writes those steps again from scratch."""
+    for folder in Path(trainer_dir).glob("checkpoint-*"):
+        if not (folder / COMPLETE_MARKER).exists():
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _total_steps(train_dataset, training: TrainingSpec) -> int:
