@@ -40,7 +40,7 @@ def load_results(results_dir: str | Path) -> list[dict]:
     return results
 
 
-def _main_value(result: dict) -> float | None:
+def main_value(result: dict) -> float | None:
     value = (result.get("metrics") or {}).get(result.get("main_metric"))
     return value if value is not None and math.isfinite(value) else None
 
@@ -59,12 +59,12 @@ def summarize(results: list[dict]) -> list[dict]:
     dense = {}
     for (arch, pruner, _), members in groups.items():
         if pruner == DENSE:
-            dense[arch] = _stats([v for v in map(_main_value, members) if v is not None])[0]
+            dense[arch] = _stats([v for v in map(main_value, members) if v is not None])[0]
     rows = []
     for (arch, pruner, target), members in sorted(groups.items(), key=lambda kv: (kv[0][1] != DENSE, kv[0][1], kv[0][2], kv[0][0])):
         finished = [r for r in members if r.get("status") in ("ok", "diverged")]
-        values = [v for v in map(_main_value, finished) if v is not None]
-        healthy = [v for r in finished if r["status"] == "ok" and (v := _main_value(r)) is not None]
+        values = [v for v in map(main_value, finished) if v is not None]
+        healthy = [v for r in finished if r["status"] == "ok" and (v := main_value(r)) is not None]
         best = [r["best_metric"] for r in finished if r.get("best_metric") is not None]
         achieved = [r["sparsity"]["targeted"] for r in finished if r.get("sparsity")]
         speed = [r["train_examples_per_s"] for r in finished if r.get("train_examples_per_s")]
@@ -92,7 +92,7 @@ def summarize(results: list[dict]) -> list[dict]:
     return rows
 
 
-def _fmt(value, pct: bool = False) -> str:
+def fmt(value, pct: bool = False) -> str:
     if value is None:
         return "-"
     return f"{100 * value:.1f}" if pct else f"{value:.4f}"
@@ -114,12 +114,12 @@ def markdown(rows: list[dict], results: list[dict]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        spread = f"{_fmt(r['metric_mean'], True)} +/- {_fmt(r['metric_std'], True)}" if r["metric_mean"] is not None else "-"
+        spread = f"{fmt(r['metric_mean'], True)} +/- {fmt(r['metric_std'], True)}" if r["metric_mean"] is not None else "-"
         lines.append(
-            f"| {r['pruner']} | {r['target_sparsity']:.0%} | {r['arch']} | {_fmt(r['achieved_sparsity'], True)} | "
-            f"{r['seeds']} | {r['diverged']} | {spread} | {_fmt(r['healthy_mean'], True)} | "
-            f"{_fmt(r['first_eval_mean'], True)} | {_fmt(r['best_mean'], True)} | "
-            f"{_fmt(r['retention'])} | {r['train_examples_per_s'] or 0:.0f} |"
+            f"| {r['pruner']} | {r['target_sparsity']:.0%} | {r['arch']} | {fmt(r['achieved_sparsity'], True)} | "
+            f"{r['seeds']} | {r['diverged']} | {spread} | {fmt(r['healthy_mean'], True)} | "
+            f"{fmt(r['first_eval_mean'], True)} | {fmt(r['best_mean'], True)} | "
+            f"{fmt(r['retention'])} | {r['train_examples_per_s'] or 0:.0f} |"
         )
     crashed = sum(r["crashed"] for r in rows)
     lines += ["", f"Crashed runs (not in the means): {crashed}.", ""]
@@ -135,9 +135,9 @@ def markdown(rows: list[dict], results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_csv(rows: list[dict], path: Path) -> None:
+def write_csv(rows: list[dict], path: Path, columns: tuple[str, ...]) -> None:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=columns, restval="", lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     path.write_text(buffer.getvalue())
@@ -148,11 +148,18 @@ def write_report(results_dir: str | Path, report_dir: str | Path) -> dict[str, P
     rows = summarize(results)
     out = Path(report_dir)
     out.mkdir(parents=True, exist_ok=True)
+    from bermo_prune.bench import compare, plots
+
+    paired = compare.compare(results)
     files = {"markdown": out / "report.md", "csv": out / "summary.csv", "json": out / "summary.json"}
-    files["markdown"].write_text(markdown(rows, results))
-    write_csv(rows, files["csv"])
+    files["markdown"].write_text(markdown(rows, results) + compare.markdown(paired))
+    write_csv(rows, files["csv"], COLUMNS)
     write_json_atomic(files["json"], rows)
-    from bermo_prune.bench import plots
+    if paired["cells"]:
+        files["comparison_csv"] = out / "comparison.csv"
+        files["comparison_json"] = out / "comparison.json"
+        write_csv(paired["cells"] + paired["pooled"], files["comparison_csv"], compare.COLUMNS)
+        write_json_atomic(files["comparison_json"], paired)
 
     files.update(plots.write_plots(rows, results, out))
     return files
