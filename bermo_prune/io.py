@@ -64,7 +64,7 @@ def resumable_output(out: str | Path, overwrite: bool = False, resume: bool = Fa
     from it. On failure it is kept if ``keep(work)`` says it holds work worth resuming."""
     out = Path(out)
     work = work_dir_for(out)
-    if resume and out.exists() and any(out.iterdir()) and not work.exists():
+    if resume and out.exists() and (not out.is_dir() or any(out.iterdir())) and not work.exists():
         raise BermoPruneError(f"{out} is already complete: nothing to resume (pass --overwrite to run it again)")
     check_output_dir(out, overwrite)
     if work.exists() and not resume:

@@ -173,7 +173,9 @@ def evaluate(checkpoint: str, task: str, *, data_dir: str | None = None, max_len
         if (native if native != COMPACT_BERT else "bert") != arch:
             name = ARCH_NAMES.get(native, "compacted BERT")
             raise BermoPruneError(f"{checkpoint} is a {name} checkpoint, not {ARCH_NAMES[arch]} (--arch {arch})")
-    model, tokenizer = load_classifier(checkpoint, None, num_labels=spec.num_labels)
+    model, tokenizer = load_classifier(checkpoint, None, num_labels=None)
+    if model.config.num_labels != spec.num_labels:  # a head for another task would score at random
+        raise BermoPruneError(f"{checkpoint} has a {model.config.num_labels}-label head; {spec.name} needs {spec.num_labels}")
     metrics = evaluate_model(model, tokenizer, spec.name, data_dir=data_dir, max_length=max_length, batch_size=batch_size)
     return {"checkpoint": str(checkpoint), "task": spec.name, "arch": model.config.model_type, **metrics}
 

@@ -29,7 +29,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from bermo_prune.data import compute_metrics, get_task, load_split, subsample, tokenize_dataset
 from bermo_prune.errors import BermoPruneError
 from bermo_prune.models import load_classifier
-from bermo_prune.pruning.distributed import average_, world_size
+from bermo_prune.pruning.distributed import any_process, average_, world_size
 from bermo_prune.pruning.masks import sparsity_report, select_modules
 from bermo_prune.recipes import DEFAULT_INCLUDE, DistillationSpec, DivergenceSpec, TrainingSpec
 
@@ -99,8 +99,14 @@ class PruningTrainer(Trainer):
     def __init__(self, *args, pruner=None, guard: DivergenceGuard, mix_learning_rate: float, teacher=None,
                  distillation: DistillationSpec | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        # Our models return a mean loss and ignore num_items_in_batch; left on, the Trainer would
+        # scale the task loss by the number of processes (but not the pruner's and distillation
+        # terms added here) and stop averaging over gradient-accumulation steps.
+        self.model_accepts_loss_kwargs = False
         self.mix_learning_rate = mix_learning_rate
         self.pruner = pruner
+        if pruner is not None:
+            pruner.to(next(self.model.parameters()).device)
         self.guard = guard
         self.teacher = teacher.to(self.args.device).eval() if teacher is not None else None
         self.distillation = distillation
@@ -181,6 +187,10 @@ class PruningCallback(TrainerCallback):
             # that checkpoint would never have it: save once the evaluation is logged.
             control.should_save = False
             self.save_after_evaluation = True
+        # All processes must stop at the same step: one that trained on would wait for the others
+        # in its next gradient all-reduce for ever.
+        if world_size() > 1 and any_process(self.guard.reason is not None, args.device) and self.guard.reason is None:
+            self.guard.reason = f"non-finite loss in another process by step {state.global_step}"
         if self.guard.reason is not None:
             control.should_training_stop = True
             control.should_evaluate = False

@@ -32,7 +32,8 @@ class L0Options(BaseModel):
     # O(10-100) within a short run before the constraint competes with the task loss.
     lagrangian_lr: float = Field(0.5, gt=0, description="learning rate of the Lagrange multipliers")
     lagrangian: bool = Field(True, description="drive the expected sparsity to the schedule")
-    init_keep: float = Field(0.95, gt=0, lt=1, description="initial keep probability of each gate")
+    init_keep: float = Field(0.95, gt=0, lt=1, description="initial sigmoid(log_alpha) of each gate "
+                             "(its chance to be open starts higher: the stretched gate is clipped at 1)")
     block: tuple[int, int] = Field((1, 1), description="gate granularity: one gate per rows x cols block")
 
     @field_validator("block")
@@ -56,6 +57,14 @@ def sample_gates(log_alpha: torch.Tensor) -> torch.Tensor:
 
 def deterministic_gates(log_alpha: torch.Tensor) -> torch.Tensor:
     return (torch.sigmoid(log_alpha) * (ZETA - GAMMA) + GAMMA).clamp(0.0, 1.0)
+
+
+def lagrange_multipliers(shape: tuple[int, ...], device) -> tuple[nn.Parameter, nn.Parameter]:
+    """(lambda_1, lambda_2) of the Lagrangian lambda_1 * gap + lambda_2 * gap^2, trained by ascent."""
+    multipliers = nn.Parameter(torch.zeros(shape, device=device)), nn.Parameter(torch.zeros(shape, device=device))
+    for multiplier in multipliers:
+        multiplier.register_hook(torch.neg)  # the optimizer minimises; the multipliers maximise
+    return multipliers
 
 
 def gate_param_groups(gates: list[torch.Tensor], options, multipliers: list[torch.Tensor]) -> list[dict]:
@@ -99,11 +108,7 @@ class L0Pruner(Pruner):
         return HardConcreteMask(module.weight.shape, tuple(self.options.block), self.options.init_keep, module.weight.device)
 
     def on_attach(self):
-        device = next(iter(self.modules.values())).weight.device
-        self.lambda_1 = nn.Parameter(torch.zeros((), device=device))
-        self.lambda_2 = nn.Parameter(torch.zeros((), device=device))
-        for multiplier in (self.lambda_1, self.lambda_2):
-            multiplier.register_hook(torch.neg)  # ascent: the optimizer minimises, the multipliers maximise
+        self.lambda_1, self.lambda_2 = lagrange_multipliers((), next(iter(self.modules.values())).weight.device)
 
     def update(self, sparsity):
         pass  # the Lagrangian follows the schedule every step; masks are fixed when the window closes

@@ -23,7 +23,7 @@ from pydantic import Field
 from torch import nn
 
 from bermo_prune.pruning.registry import register_pruner
-from pruners.l0 import deterministic_gates, expected_open, gate_param_groups, sample_gates
+from pruners.l0 import deterministic_gates, expected_open, gate_param_groups, lagrange_multipliers, sample_gates
 from pruners.structured import StructuredOptions, StructuredPruner
 
 
@@ -31,7 +31,7 @@ class StructuredL0Options(StructuredOptions):
     gate_lr: float = Field(0.1, gt=0, description="learning rate of log_alpha")
     lagrangian_lr: float = Field(0.5, gt=0, description="learning rate of the Lagrange multipliers (as pruners.l0)")
     lagrangian: bool = Field(True, description="drive the expected head/neuron sparsity to the schedule")
-    init_keep: float = Field(0.95, gt=0, lt=1, description="initial keep probability of each gate")
+    init_keep: float = Field(0.95, gt=0, lt=1, description="initial sigmoid(log_alpha) of each gate (as pruners.l0)")
 
 
 @register_pruner
@@ -55,10 +55,7 @@ class HeadNeuronL0Pruner(StructuredPruner):
             intermediate = self.model.get_submodule(f"{layer.name}.intermediate")
             self.hooks.append(attention.register_forward_hook(partial(self._gate_heads, layer)))
             self.hooks.append(intermediate.register_forward_hook(partial(self._gate_neurons, layer)))
-        self.lambda_1 = nn.Parameter(torch.zeros(2, device=device))  # (heads, neurons)
-        self.lambda_2 = nn.Parameter(torch.zeros(2, device=device))
-        for multiplier in (self.lambda_1, self.lambda_2):
-            multiplier.register_hook(torch.neg)  # ascent: the optimizer minimises, the multipliers maximise
+        self.lambda_1, self.lambda_2 = lagrange_multipliers((2,), device)  # (heads, neurons)
 
     # --- gates in the forward pass ---------------------------------------------------------------
     @staticmethod

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from transformers import BertForSequenceClassification
 
 from bermo_prune.models import BermoConfig, BermoForSequenceClassification
 from test_cli import RECIPES, assert_user_error, run
@@ -54,6 +55,10 @@ def workspace(tmp_path_factory, tiny_checkpoint, tiny_glue, tokenizer) -> Path:
     BermoForSequenceClassification(BermoConfig.from_bert_config(tiny_config(), num_labels=2)).save_pretrained(bermo)
     tokenizer.save_pretrained(bermo)
 
+    three_labels = root / "three-labels"
+    BertForSequenceClassification(tiny_config(num_labels=3)).save_pretrained(three_labels)
+    tokenizer.save_pretrained(three_labels)
+
     finished = root / "finished"
     finished.mkdir()
     (finished / "pruning_report.json").write_text("{}")
@@ -85,6 +90,7 @@ MISTAKES = [
     ("BERMo checkpoint as BERT", "prune {ws}/bermo --arch bert --recipe sst2-magnitude --data {glue}", ["BERMo checkpoint"]),
     ("BERMo checkpoint evaluated as BERT", "evaluate {ws}/bermo --arch bert --data {glue}", ["BERMo checkpoint", "not BERT"]),
     ("BERT checkpoint evaluated as BERMo", "evaluate {ckpt} --arch bermo --data {glue}", ["BERT checkpoint", "not BERMo"]),
+    ("checkpoint for another label count", "evaluate {ws}/three-labels --data {glue}", ["3-label head", "sst2 needs 2"]),
     ("output dir with results", "prune {ckpt} --recipe sst2-magnitude --data {glue} --out {ws}/finished", ["already exists", "--overwrite"]),
     ("unwritable output dir", "prune {ckpt} --recipe sst2-magnitude --data {glue} --out {ws}/a-file/out", ["cannot write"]),
     ("resume of a finished run", "prune {ckpt} --recipe sst2-magnitude --data {glue} --out {ws}/finished --resume", ["nothing to resume"]),

@@ -164,6 +164,7 @@ def test_start_from_a_dense_finetune(tmp_path, tiny_checkpoint, tiny_glue):
         ({"sparsities": [1.0]}, "sparsities"),
         ({"archs": ["gpt"]}, "archs"),
         ({"recipes": ["no-such-recipe"]}, "no-such-recipe"),
+        ({"recipes": ["sst2-magnitude", "sst2-demo"]}, "both use pruner magnitude"),
         ({"seeds": "zero"}, "seeds"),
         ({"training": {"epochs": -1}}, "training.epochs"),
     ],

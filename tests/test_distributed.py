@@ -18,10 +18,10 @@ from test_resume import write_recipe
 WORKER = Path(__file__).with_name("ddp_worker.py")
 
 
-def torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+def torchrun(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
-    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -32,7 +32,7 @@ def ddp_runs(tiny_checkpoint, tiny_glue, tmp_path_factory):
     recipes = [
         write_recipe(root / "movement.yaml", "movement"),  # scores each rank accumulates: averaged by sync()
         write_recipe(root / "l0.yaml", "l0"),  # Lagrange multipliers live outside the model
-        write_recipe(root / "hn-l0.yaml", "head_neuron_l0", {"head_sparsity": 0.5, "neuron_sparsity": 0.5}),
+        write_recipe(root / "head_neuron_l0.yaml", "head_neuron_l0", {"head_sparsity": 0.5, "neuron_sparsity": 0.5}),
     ]
     torchrun(str(WORKER), str(tiny_checkpoint), str(tiny_glue), str(root), *map(str, recipes), cwd=root)
     return root
@@ -50,6 +50,17 @@ def test_ranks_end_with_identical_masks_at_exact_sparsity(ddp_runs, pruner):
     for name in first:
         assert (first[name] == 0).equal(second[name] == 0), f"masks differ across ranks in {name}"
         assert first[name].equal(second[name]), f"weights differ across ranks in {name}"
+
+
+def test_a_loss_going_nan_in_one_process_stops_all_of_them(tiny_checkpoint, tiny_glue, tmp_path):
+    recipe = write_recipe(tmp_path / "nan-on-rank1.yaml", "magnitude")
+    # a process left training would wait for the others in its next all-reduce: the timeout catches a hang
+    torchrun(str(WORKER), str(tiny_checkpoint), str(tiny_glue), str(tmp_path), str(recipe), cwd=tmp_path, timeout=240)
+    for rank in (0, 1):
+        with safe_open(str(tmp_path / f"nan-on-rank1-rank{rank}.safetensors"), "pt") as fh:
+            meta = fh.metadata()
+        assert meta["status"] == "diverged", meta
+        assert "non-finite loss" in meta["reason"], meta
 
 
 def test_cli_under_torchrun_writes_once(tiny_checkpoint, tiny_glue, tmp_path):

@@ -351,6 +351,24 @@ def test_l0_lagrange_multipliers_ascend():
     assert pruner.lambda_1.item() == pytest.approx(-0.5 + gap, rel=1e-5)
 
 
+@pytest.mark.parametrize("name", ["l0", "head_neuron_l0"])
+@pytest.mark.parametrize("where", [torch.float64, pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no GPU"))])
+def test_parameters_outside_the_model_follow_it(name, where):
+    pruner = get_pruner_class(name)(recipe(name))
+    pruner.attach(tiny_bert(), TOTAL_STEPS)
+    outside = pruner.external_parameters()
+    assert outside  # multipliers (and group gates)
+    before = [id(p) for p in outside]
+    pruner.to(where)
+    moved = pruner.external_parameters()
+    assert [id(p) for p in moved] == before  # the optimizer's tensors, moved in place
+    if where == "cuda":
+        assert all(p.is_cuda for p in moved)
+    else:
+        assert all(p.dtype == where for p in moved)
+
+
 def test_l0_gates_are_fixed_after_the_window():
     model = tiny_bert()
     pruner = get_pruner_class("l0")(recipe("l0"))

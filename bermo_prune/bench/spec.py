@@ -63,6 +63,10 @@ def load_spec(path: str | Path) -> SweepSpec:
         raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise BermoPruneError(f"{where}: no such file") from None
+    except UnicodeDecodeError:
+        raise BermoPruneError(f"{where}: not UTF-8 text") from None
+    except OSError as exc:
+        raise BermoPruneError(f"{where}: cannot read ({exc.strerror or exc})") from None
     except yaml.YAMLError as exc:
         raise BermoPruneError(f"{where}: not valid YAML ({' '.join(str(exc).split())})") from None
     if not isinstance(raw, dict):
@@ -87,12 +91,18 @@ def load_spec(path: str | Path) -> SweepSpec:
         except ValidationError as exc:
             err = exc.errors()[0]
             raise BermoPruneError(f"{where}: {section}.{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+    recipe_of_pruner: dict[str, str] = {}
     for name in spec.recipes:
         if name != DENSE:
             try:
-                spec_recipe(spec, name, 0.5)
+                pruner = spec_recipe(spec, name, 0.5).pruner.name
             except BermoPruneError as exc:
                 raise BermoPruneError(f"{where}: recipes: {exc}") from None
+            # runs and report rows are named by pruner: two recipes of one pruner would overwrite each other
+            if pruner in recipe_of_pruner:
+                raise BermoPruneError(f"{where}: recipes: {recipe_of_pruner[pruner]} and {name} both use pruner "
+                                      f"{pruner}; a sweep compares pruners, so put them in separate sweeps")
+            recipe_of_pruner[pruner] = name
     return spec
 
 

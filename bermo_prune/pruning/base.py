@@ -132,6 +132,12 @@ class Pruner:
         """Numbers worth logging while training (beyond sparsity)."""
         return {}
 
+    def to(self, *args, **kwargs) -> None:
+        """``Tensor.to`` for the parameters kept outside the model (the Trainer moves only the
+        model, after the pruner attached). The tensors stay the same objects, so hooks stay."""
+        for param in self.external_parameters():
+            param.data = param.data.to(*args, **kwargs)
+
     # --- resuming -----------------------------------------------------------------------------
     def external_parameters(self) -> list[torch.Tensor]:
         """Trained parameters of the pruner that the model does not hold (its state dict misses them)."""

@@ -20,6 +20,15 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def any_process(flag: bool, device: torch.device) -> bool:
+    """Whether ``flag`` is true in any process; every process must call it at the same point."""
+    if world_size() == 1:
+        return flag
+    tensor = torch.tensor(float(flag), device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return bool(tensor.item())
+
+
 def average_(tensors: Iterable[torch.Tensor]) -> None:
     """Replace each tensor by its mean over the processes (gloo has no AVG: sum, then divide)."""
     size = world_size()

@@ -74,8 +74,8 @@ def topk_masks(
 ) -> dict[str, torch.Tensor]:
     """Binary masks keeping the highest scores. With ``exact``, exactly round(sparsity * n)
     entries are pruned, over all tensors together (``global``) or within each tensor
-    (``per_layer``); ties are broken by position so the count is exact even when many scores are
-    equal (e.g. all zero). Without it, large score sets may be cut at a sampled quantile, within
+    (``per_layer``); the count is exact even when many scores are equal (e.g. all zero), though
+    which of the tied entries go is up to ``torch.topk``. Without it, large score sets may be cut at a sampled quantile, within
     0.2% of the target (falling back to exact when ties make the sample miss)."""
     groups = [{name: s} for name, s in scores.items()] if scope == "per_layer" else [dict(scores)]
     masks = {}
@@ -124,7 +124,7 @@ def sparsity_report(model: nn.Module, target_names: Iterable[str]) -> dict:
     for name in target_names:
         weight = modules[name].weight.detach()
         z = int((weight == 0).sum())
-        per_layer[name] = z / weight.numel()
+        per_layer[name] = z / weight.numel() if weight.numel() else 0.0  # a compacted layer can be empty
         zeros += z
         total += weight.numel()
     enc_zeros = enc_total = 0
