@@ -26,7 +26,7 @@ from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, Trai
 from transformers.trainer_callback import PrinterCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from bermo_prune.data import compute_metrics, get_task, load_split, subsample, tokenize_dataset
+from bermo_prune.data import get_task, load_split, metric_for_trainer, subsample, tokenize_dataset
 from bermo_prune.errors import BermoPruneError
 from bermo_prune.models import load_classifier
 from bermo_prune.pruning.distributed import any_process, average_, world_size
@@ -349,7 +349,7 @@ def train_and_evaluate(
         train_dataset=train_tok,
         eval_dataset=dev_tok,
         data_collator=DataCollatorWithPadding(tokenizer),
-        compute_metrics=lambda p: compute_metrics(task.name, p.predictions, p.label_ids),
+        compute_metrics=metric_for_trainer(task.name),
         callbacks=callbacks,
         pruner=pruner,
         guard=guard,

@@ -276,3 +276,21 @@ def test_minilm_as_bermo_forward():
             assert torch.equal(state[f"bert.{key}"], value), key
             compared += 1
     assert compared >= 100
+
+
+@pytest.mark.parametrize("arch", ["bert", "bermo"])
+def test_a_half_precision_checkpoint_loads_in_float32_and_prunes(tmp_path, tiny_checkpoint, arch):
+    half = tmp_path / "half"
+    model, tokenizer = load_classifier(tiny_checkpoint, "bert")
+    model.to(torch.float16).save_pretrained(half)
+    tokenizer.save_pretrained(half)
+    loaded, _ = load_classifier(half, arch)
+    assert {p.dtype for p in loaded.parameters()} == {torch.float32}
+
+    from bermo_prune.pruning.registry import get_pruner_class
+    from bermo_prune.recipes import load_recipe, resolve_recipe
+
+    pruner = get_pruner_class("magnitude")(load_recipe(resolve_recipe("sst2-magnitude")))
+    pruner.attach(loaded, total_steps=10)
+    logits = loaded(input_ids=torch.tensor([[101, 2023, 102]])).logits  # float32 masks on float32 weights
+    assert logits.dtype == torch.float32 and torch.isfinite(logits).all()

@@ -7,6 +7,7 @@ import logging
 from importlib import resources
 from pathlib import Path
 
+import torch
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
 from bermo_prune.errors import BermoPruneError
@@ -97,8 +98,11 @@ def _load(model_class, checkpoint: str, **kwargs):
     return _hub_call(
         checkpoint,
         # safetensors only: a pickled checkpoint is never opened, so it can never run code.
+        # float32 whatever the file holds: masks and gates are float32, and mixed-precision training
+        # is the Trainer's job (bf16/fp16 autocast), not the stored weights'.
         lambda: model_class.from_pretrained(
-            checkpoint, ignore_mismatched_sizes=True, trust_remote_code=False, use_safetensors=True, **kwargs
+            checkpoint, ignore_mismatched_sizes=True, trust_remote_code=False, use_safetensors=True,
+            dtype=torch.float32, **kwargs
         ),
     )
 
