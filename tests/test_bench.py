@@ -66,7 +66,7 @@ def test_sweep_completes_and_report_has_one_row_per_cell(tmp_path, tiny_checkpoi
     summary, paired = markdown.split("## bermo against bert, paired by seed")
     assert summary.count("| magnitude |") == 4 and summary.count("| movement |") == 4
     assert paired.count("| magnitude |") == 3 and paired.count("| movement |") == 3  # 2 sparsities + pooled
-    for key in ("accuracy_plot", "divergence_plot", "layer_weights_plot"):
+    for key in ("accuracy_plot", "divergence_plot", "layer_weights_plot", "sparsity_tracking_plot"):
         assert Path(files[key]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(json.loads(Path(files["json"]).read_text())) == 8
 

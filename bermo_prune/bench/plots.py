@@ -104,12 +104,54 @@ def bermo_layer_weights(results: list[dict], path: Path) -> bool:
     return True
 
 
+def sparsity_tracking(results: list[dict], path: Path, near: float = 0.9) -> bool:
+    """Sparsity during training against the recipe's schedule, per pruner at the target nearest
+    ``near``: a pruner whose masks come from learned gates (l0) may trail its schedule and jump to
+    the target when the masks are fixed."""
+    from bermo_prune.pruning.schedules import Schedule
+
+    pruned = [r for r in results if r.get("pruner") not in (None, "dense") and r.get("loss_curve") and r.get("recipe")
+              and r.get("status") in ("ok", "diverged")]
+    if not pruned:
+        return False
+    fig = _figure()
+    ax = fig.add_subplot()
+    schedules = defaultdict(list)  # pruners that share a schedule share its line
+    for i, pruner in enumerate(sorted({r["pruner"] for r in pruned})):
+        runs = [r for r in pruned if r["pruner"] == pruner]
+        target = min({r["target_sparsity"] for r in runs}, key=lambda t: (abs(t - near), -t))
+        runs = [r for r in runs if r["target_sparsity"] == target]
+        by_step = defaultdict(list)
+        for r in runs:
+            for point in r["loss_curve"]:
+                if point.get("sparsity") is not None:
+                    by_step[point["step"]].append(point["sparsity"])
+        steps = sorted(by_step)
+        ax.plot(steps, [100 * mean(by_step[s]) for s in steps], color=f"C{i}", marker=".",
+                label=f"{pruner} {target:.0%}: achieved (mean of {len(runs)} runs)")
+        window = runs[0]["recipe"]["schedule"]
+        planned = max(r["steps"] for r in runs)  # a run stopped by a non-finite loss has fewer
+        schedule = Schedule.from_fractions(window["shape"], window.get("initial_sparsity", 0.0), target,
+                                           window["start"], window["end"], planned)
+        schedules[(schedule, tuple(steps))].append(f"{pruner} {target:.0%}")
+    for i, ((schedule, steps), names) in enumerate(sorted(schedules.items(), key=lambda kv: kv[1])):
+        ax.plot(steps, [100 * schedule(s) for s in steps], color="black", linestyle=("--", ":", "-.")[i % 3],
+                linewidth=1.2, zorder=3, label="schedule of " + ", ".join(names))
+    ax.set(xlabel="step", ylabel="sparsity of targeted weights (%)", title="sparsity during training against the schedule")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.savefig(path, dpi=110, metadata=META)
+    return True
+
+
 def write_plots(rows: list[dict], results: list[dict], out: Path) -> dict[str, Path]:
     files = {"accuracy_plot": out / "accuracy_vs_sparsity.png", "divergence_plot": out / "divergence_vs_sparsity.png"}
     accuracy_vs_sparsity(rows, files["accuracy_plot"])
     divergence_vs_sparsity(rows, files["divergence_plot"])
     if diverged_loss_curves(results, out / "diverged_loss_curves.png"):
         files["diverged_loss_plot"] = out / "diverged_loss_curves.png"
+    if sparsity_tracking(results, out / "sparsity_tracking.png"):
+        files["sparsity_tracking_plot"] = out / "sparsity_tracking.png"
     if bermo_layer_weights(results, out / "bermo_layer_weights.png"):
         files["layer_weights_plot"] = out / "bermo_layer_weights.png"
     return files
