@@ -12,11 +12,8 @@ import json
 import sys
 from pathlib import Path
 
-
-def pct(value: float | None, signed: bool = False) -> str:
-    if value is None:
-        return "-"
-    return f"{100 * value:+.1f}" if signed else f"{100 * value:.1f}"
+from bermo_prune.bench.compare import p_value, signed_points
+from bermo_prune.bench.report import fmt
 
 
 def main(report_dir: str) -> None:
@@ -32,23 +29,22 @@ def main(report_dir: str) -> None:
         paired = cells.get((pruner, target))
 
         def acc(row):
-            return f"{pct(row['metric_mean'])} +/- {pct(row['metric_std'])}" if row else "-"
+            return f"{fmt(row['metric_mean'], True)} +/- {fmt(row['metric_std'], True)}" if row else "-"
 
         def div(row):
             return f"{row['diverged']}/{row['seeds']}" if row else "-"
 
-        diff = f"{pct(paired['diff_mean'], True)} +/- {pct(paired['diff_std'])} ({paired['pairs']})" if paired else "-"
+        diff = (f"{signed_points(paired['diff_mean'])} +/- {fmt(paired['diff_std'], True)} ({paired['pairs']})"
+                if paired else "-")
         print(f"| {pruner} | {target:.0%} | {acc(bert)} | {acc(bermo)} | {diff} | {div(bert)} / {div(bermo)} |")
     print()
     print("| pruner | pairs | BERMo - BERT | BERMo higher / BERT higher / tie | sign test p "
           "| only BERT / only BERMo diverged | McNemar p | epoch-1 difference |")
     print("|---|---|---|---|---|---|---|---|")
     for r in comparison["pooled"]:
-        p_sign = "-" if r["sign_test_p"] is None else f"{r['sign_test_p']:.3f}"
-        p_mcnemar = "-" if r["mcnemar_p"] is None else f"{r['mcnemar_p']:.3f}"
-        print(f"| {r['pruner']} | {r['pairs']} | {pct(r['diff_mean'], True)} | {r['b_higher']} / {r['a_higher']} / "
-              f"{r['ties']} | {p_sign} | {r['only_a_diverged']} / {r['only_b_diverged']} | {p_mcnemar} | "
-              f"{pct(r['epoch1_diff_mean'], True)} |")
+        print(f"| {r['pruner']} | {r['pairs']} | {signed_points(r['diff_mean'])} | {r['b_higher']} / {r['a_higher']} / "
+              f"{r['ties']} | {p_value(r['sign_test_p'])} | {r['only_a_diverged']} / {r['only_b_diverged']} | "
+              f"{p_value(r['mcnemar_p'])} | {signed_points(r['epoch1_diff_mean'])} |")
 
 
 if __name__ == "__main__":

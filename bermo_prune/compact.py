@@ -36,7 +36,8 @@ def alive_groups(layer: nn.Module) -> tuple[list[int], list[int]]:
     """Indices of the heads and neurons of one BertLayer that still contribute to its output."""
     head_size = layer.attention.self.attention_head_size
     o = layer.attention.output.dense.weight.detach()
-    heads = o.reshape(o.shape[0], o.shape[1] // head_size, head_size).ne(0).any(dim=2).any(dim=0)  # [num_heads], 0 for an empty layer
+    # [num_heads]; an empty layer (0 columns) has 0 heads
+    heads = o.reshape(o.shape[0], o.shape[1] // head_size, head_size).ne(0).any(dim=2).any(dim=0)
     neurons = layer.output.dense.weight.detach().ne(0).any(dim=0)
     return heads.nonzero().flatten().tolist(), neurons.nonzero().flatten().tolist()
 

@@ -12,8 +12,8 @@ Layout of an export directory:
   config.json, tokenizer files  copied from the checkpoint, so the export is self-contained
 
 The round trip is bit-exact: weights zeroed by multiplication (e.g. ``torch.nn.utils.prune``)
-are ``-0.0`` where they were negative, so the sign of the zeros is kept too (one bit per zero, only for tensors that have a
-negative zero: about s/32 of dense more).
+are ``-0.0`` where they were negative, so the sign of the zeros is kept too (one bit per zero,
+only for tensors that have a negative zero: about s/32 of dense more).
 :func:`import_sparse` checks the checksum and every count before rebuilding anything, and any
 mismatch is a :class:`BermoPruneError` (CLI exit code 2). Back to a plain checkpoint:
 ``bermo-prune export SPARSE_DIR --format dense --out DIR`` (:func:`export_dense`); straight to

@@ -189,7 +189,7 @@ class PruningCallback(TrainerCallback):
             self.save_after_evaluation = True
         # All processes must stop at the same step: one that trained on would wait for the others
         # in its next gradient all-reduce for ever.
-        if world_size() > 1 and any_process(self.guard.reason is not None, args.device) and self.guard.reason is None:
+        if any_process(self.guard.reason is not None, args.device) and self.guard.reason is None:
             self.guard.reason = f"non-finite loss in another process by step {state.global_step}"
         if self.guard.reason is not None:
             control.should_training_stop = True

@@ -87,11 +87,11 @@ def compare(results: list[dict], arch_a: str = "bert", arch_b: str = "bermo") ->
     return {"arch_a": arch_a, "arch_b": arch_b, "cells": cell_rows, "pooled": pooled}
 
 
-def _p(value: float | None) -> str:
+def p_value(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-def _signed(value: float | None) -> str:
+def signed_points(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:+.1f}"
 
 
@@ -113,9 +113,9 @@ def markdown(comparison: dict) -> str:
     for r in comparison["cells"]:
         lines.append(
             f"| {r['pruner']} | {r['target_sparsity']:.0%} | {r['pairs']} | {fmt(r['a_mean'], True)} | "
-            f"{fmt(r['b_mean'], True)} | {_signed(r['diff_mean'])} +/- {100 * r['diff_std']:.1f} | "
+            f"{fmt(r['b_mean'], True)} | {signed_points(r['diff_mean'])} +/- {100 * r['diff_std']:.1f} | "
             f"{r['b_higher']} / {r['a_higher']} / {r['ties']} | {r['a_diverged']} / {r['b_diverged']} | "
-            f"{_signed(r['epoch1_diff_mean'])} |"
+            f"{signed_points(r['epoch1_diff_mean'])} |"
         )
     lines += [
         "",
@@ -128,9 +128,9 @@ def markdown(comparison: dict) -> str:
     ]
     for r in comparison["pooled"]:
         lines.append(
-            f"| {r['pruner']} | {r['pairs']} | {_signed(r['diff_mean'])} +/- {100 * r['diff_std']:.1f} | "
-            f"{r['b_higher']} / {r['a_higher']} / {r['ties']} | {_p(r['sign_test_p'])} | "
+            f"| {r['pruner']} | {r['pairs']} | {signed_points(r['diff_mean'])} +/- {100 * r['diff_std']:.1f} | "
+            f"{r['b_higher']} / {r['a_higher']} / {r['ties']} | {p_value(r['sign_test_p'])} | "
             f"{r['a_diverged']} / {r['b_diverged']} | {r['only_a_diverged']} / {r['only_b_diverged']} | "
-            f"{_p(r['mcnemar_p'])} | {_signed(r['epoch1_diff_mean'])} |"
+            f"{p_value(r['mcnemar_p'])} | {signed_points(r['epoch1_diff_mean'])} |"
         )
     return "\n".join(lines + [""])

@@ -108,7 +108,7 @@ def sparsity_tracking(results: list[dict], path: Path, near: float = 0.9) -> boo
     """Sparsity during training against the recipe's schedule, per pruner at the target nearest
     ``near``: a pruner whose masks come from learned gates (l0) may trail its schedule and jump to
     the target when the masks are fixed."""
-    from bermo_prune.pruning.schedules import Schedule
+    from bermo_prune.recipes import Recipe
 
     pruned = [r for r in results if r.get("pruner") not in (None, "dense") and r.get("loss_curve") and r.get("recipe")
               and r.get("status") in ("ok", "diverged")]
@@ -129,10 +129,8 @@ def sparsity_tracking(results: list[dict], path: Path, near: float = 0.9) -> boo
         steps = sorted(by_step)
         ax.plot(steps, [100 * mean(by_step[s]) for s in steps], color=f"C{i}", marker=".",
                 label=f"{pruner} {target:.0%}: achieved (mean of {len(runs)} runs)")
-        window = runs[0]["recipe"]["schedule"]
         planned = max(r["steps"] for r in runs)  # a run stopped by a non-finite loss has fewer
-        schedule = Schedule.from_fractions(window["shape"], window.get("initial_sparsity", 0.0), target,
-                                           window["start"], window["end"], planned)
+        schedule = Recipe.model_validate(runs[0]["recipe"]).sparsity_schedule(planned)  # the pruner's own
         schedules[(schedule, tuple(steps))].append(f"{pruner} {target:.0%}")
     for i, ((schedule, steps), names) in enumerate(sorted(schedules.items(), key=lambda kv: kv[1])):
         ax.plot(steps, [100 * schedule(s) for s in steps], color="black", linestyle=("--", ":", "-.")[i % 3],

@@ -75,8 +75,9 @@ def topk_masks(
     """Binary masks keeping the highest scores. With ``exact``, exactly round(sparsity * n)
     entries are pruned, over all tensors together (``global``) or within each tensor
     (``per_layer``); the count is exact even when many scores are equal (e.g. all zero), though
-    which of the tied entries go is up to ``torch.topk``. Without it, large score sets may be cut at a sampled quantile, within
-    0.2% of the target (falling back to exact when ties make the sample miss)."""
+    which of the tied entries go is up to ``torch.topk``. Without it, large score sets may be cut
+    at a sampled quantile, within 0.2% of the target (falling back to exact when ties make the
+    sample miss)."""
     groups = [{name: s} for name, s in scores.items()] if scope == "per_layer" else [dict(scores)]
     masks = {}
     for group in groups:
