@@ -268,11 +268,16 @@ def recipe_check(path):
     from bermo_prune.recipes import load_recipe, resolve_recipe
 
     r = load_recipe(resolve_recipe(path))
-    s = r.schedule
+    s, t = r.schedule, r.training
+    samples = f"{t.max_train_samples:,} examples" if t.max_train_samples else "all examples"
+    distillation = (
+        f"; distilled from {t.distillation.teacher} (alpha {t.distillation.alpha:g}, T {t.distillation.temperature:g})"
+        if t.distillation else ""
+    )
     console.print(
         f"[green]ok[/] {path}: {r.pruner.name} to {r.target_sparsity:.0%} ({r.scope}), {s.shape} schedule "
         f"over {s.start:.0%}-{s.end:.0%} of training, update every {s.update_every} steps; "
-        f"{r.training.epochs:g} epochs, lr {r.training.learning_rate:g}, bs {r.training.batch_size}"
+        f"{t.epochs:g} epochs of {samples}, lr {t.learning_rate:g}, bs {t.batch_size}{distillation}"
     )
 
 

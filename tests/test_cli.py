@@ -169,6 +169,19 @@ def test_recipe_check():
     assert "ok" in result.output and "movement" in result.output
 
 
+@pytest.mark.parametrize("path", sorted(RECIPES.glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_recipe_is_valid(path):
+    result = ok(run("recipe", "check", path))
+    assert result.output.startswith("ok ")
+
+
+def test_recipe_check_names_the_teacher():
+    result = ok(run("recipe", "check", RECIPES / "sst2-structured-l0-distilled.yaml"))
+    text = " ".join(result.output.split())
+    assert "all examples" in text and "distilled from runs/structured-full/ft-bert (alpha 0.9, T 2)" in text
+    assert "8,000 examples" in " ".join(ok(run("recipe", "check", RECIPES / "sst2-l0.yaml")).output.split())
+
+
 def test_recipe_check_by_bundled_name():
     result = ok(run("recipe", "check", "sst2-l0"))
     assert "l0" in result.output
