@@ -271,7 +271,8 @@ def recipe_check(path):
     s, t = r.schedule, r.training
     samples = f"{t.max_train_samples:,} examples" if t.max_train_samples else "all examples"
     distillation = (
-        f"; distilled from {t.distillation.teacher} (alpha {t.distillation.alpha:g}, T {t.distillation.temperature:g})"
+        f"; distilled from {t.distillation.teacher} (alpha {t.distillation.alpha:g}, T {t.distillation.temperature:g}"
+        + (f", hidden states x {t.distillation.hidden_weight:g}" if t.distillation.hidden_weight else "") + ")"
         if t.distillation else ""
     )
     console.print(

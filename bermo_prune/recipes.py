@@ -97,6 +97,9 @@ class DistillationSpec(_Spec):
     teacher: str = Field(min_length=1, description="fine-tuned checkpoint (dir, hub id) of the same task and tokenizer")
     alpha: float = Field(0.5, ge=0, le=1, description="weight of the distillation loss; the task loss gets 1 - alpha")
     temperature: float = Field(2.0, gt=0)
+    # TinyBERT's layer loss with the identity layer map: head and neuron pruning keep depth and width.
+    hidden_weight: float = Field(0.0, ge=0, description="weight of the mean squared error between the student's "
+                                 "and the teacher's encoder layer outputs (real tokens), added to the loss")
 
 
 class TrainingSpec(_Spec):

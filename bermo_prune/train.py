@@ -92,6 +92,15 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature:
     return kl * temperature**2
 
 
+def hidden_state_loss(student_states, teacher_states, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean over encoder layers (the embedding output excluded) of the squared error per real
+    token and hidden unit between the student's and the teacher's layer outputs."""
+    mask = attention_mask.unsqueeze(-1).to(student_states[-1].dtype)
+    elements = mask.sum() * student_states[-1].shape[-1]
+    errors = [((s - t).pow(2) * mask).sum() / elements for s, t in zip(student_states[1:], teacher_states[1:])]
+    return torch.stack(errors).mean()
+
+
 class PruningTrainer(Trainer):
     """Adds the pruner's loss term and optimizer groups, distils from a teacher if one is given,
     and watches the loss for divergence."""
@@ -112,13 +121,22 @@ class PruningTrainer(Trainer):
         self.distillation = distillation
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        distil = self.teacher is not None and model.training
+        layerwise = distil and self.distillation.hidden_weight > 0
+        if layerwise:
+            inputs = {**inputs, "output_hidden_states": True}
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
-        if self.teacher is not None and model.training:
+        if distil:
             with torch.no_grad():
-                teacher_logits = self.teacher(**{k: v for k, v in inputs.items() if k != "labels"}).logits
+                teacher_outputs = self.teacher(**{k: v for k, v in inputs.items() if k != "labels"})
             d = self.distillation
-            soft = distillation_loss(outputs.logits, teacher_logits, d.temperature, self.teacher.config.num_labels == 1)
+            soft = distillation_loss(outputs.logits, teacher_outputs.logits, d.temperature, self.teacher.config.num_labels == 1)
             loss = (1 - d.alpha) * loss + d.alpha * soft
+            if layerwise:
+                mask = inputs.get("attention_mask")
+                if mask is None:
+                    mask = torch.ones(outputs.hidden_states[-1].shape[:2], device=loss.device)
+                loss = loss + d.hidden_weight * hidden_state_loss(outputs.hidden_states, teacher_outputs.hidden_states, mask)
         if self.pruner is not None and model.training:
             extra = self.pruner.penalty()
             if extra is not None:
@@ -424,6 +442,11 @@ def load_teacher(spec: DistillationSpec, student, task):
     if teacher.config.vocab_size != student.config.vocab_size:
         raise BermoPruneError(f"teacher {spec.teacher} uses another vocabulary ({teacher.config.vocab_size} tokens, "
                               f"the student {student.config.vocab_size})")
+    if spec.hidden_weight > 0:
+        shapes = [(m.config.num_hidden_layers, m.config.hidden_size) for m in (teacher, student)]
+        if shapes[0] != shapes[1]:
+            raise BermoPruneError(f"teacher {spec.teacher} has {shapes[0][0]} layers of width {shapes[0][1]}, the student "
+                                  f"{shapes[1][0]} of width {shapes[1][1]}: distillation.hidden_weight needs equal ones")
     for param in teacher.parameters():
         param.requires_grad_(False)
     return teacher
