@@ -180,6 +180,8 @@ def test_recipe_check_names_the_teacher():
     text = " ".join(result.output.split())
     assert "all examples" in text and "distilled from runs/structured-full/ft-bert (alpha 0.9, T 2)" in text
     assert "8,000 examples" in " ".join(ok(run("recipe", "check", RECIPES / "sst2-l0.yaml")).output.split())
+    layerwise = " ".join(ok(run("recipe", "check", RECIPES / "sst2-structured-l0-layerwise-83.yaml")).output.split())
+    assert "(alpha 0.9, T 2, hidden states x 1)" in layerwise
 
 
 def test_recipe_check_by_bundled_name():
