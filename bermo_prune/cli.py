@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from bermo_prune.errors import BermoPruneError
@@ -17,6 +18,8 @@ console = Console()
 err_console = Console(stderr=True)
 
 ARCH_CHOICE = click.Choice(["bert", "bermo"])
+# Run statuses other than ok: off_schedule has a valid metric (the freeze set the sparsity), diverged has not.
+STATUS_COLOURS = {"off_schedule": "yellow", "diverged": "red"}
 DEFAULT_CHECKPOINT_EVERY = 200  # a MiniLM checkpoint with optimizer state takes ~1-2 s to write
 
 
@@ -145,7 +148,7 @@ def prune_command(
     recipe = load_recipe(resolve_recipe(recipe_path), overrides)
     report = runs.prune(
         checkpoint, recipe, task, out, arch=arch, seed=seed, data_dir=data_dir, overwrite=overwrite, compact=compact_model,
-        resume=resume, checkpoint_every=checkpoint_every,
+        resume=resume, checkpoint_every=checkpoint_every, on_plan=_print_plan,
     )
     if not is_main_process():
         return
@@ -153,7 +156,8 @@ def prune_command(
     if "compacted" in report:
         console.print(f"compacted to {report['compacted']['parameters']:,} parameters")
     if report["status"] != "ok":
-        err_console.print(f"[bold red]diverged[/]: {report['reason']}")
+        colour = STATUS_COLOURS.get(report["status"], "red")
+        err_console.print(f"[bold {colour}]{report['status'].replace('_', ' ')}[/]: {escape(str(report['reason']))}")
     console.print(f"saved to [bold]{out}[/]")
 
 
@@ -178,7 +182,8 @@ def demo(checkpoint, recipe_path, data_dir, seed, out):
         f"Linear weights; SST-2, {t.max_train_samples or 'all'} training examples x {t.epochs:g} epochs, seed {seed}"
     )
     reports = [
-        runs.prune(checkpoint, recipe, "sst2", Path(out) / arch, arch=arch, seed=seed, data_dir=data_dir, overwrite=True)
+        runs.prune(checkpoint, recipe, "sst2", Path(out) / arch, arch=arch, seed=seed, data_dir=data_dir, overwrite=True,
+                   on_plan=_print_plan)
         for arch in ("bert", "bermo")
     ]
     _print_run_table(reports)
@@ -263,8 +268,14 @@ def recipe():
 
 @recipe.command("check")
 @click.argument("path")
-def recipe_check(path):
-    """Validate a recipe; prints a summary or a one-line error."""
+@task_option
+@click.option("--train-examples", type=click.IntRange(min=1), default=None,
+              help="Training examples the data has (default: the task's GLUE train split); "
+              "training.max_train_samples caps it.")
+def recipe_check(path, task, train_examples):
+    """Validate a recipe; prints a summary and the pruning plan in optimizer steps, or a one-line error."""
+    from bermo_prune.data import get_task
+    from bermo_prune.pruning.registry import get_pruner_class
     from bermo_prune.recipes import load_recipe, resolve_recipe
 
     r = load_recipe(resolve_recipe(path))
@@ -280,6 +291,35 @@ def recipe_check(path):
         f"over {s.start:.0%}-{s.end:.0%} of training, update every {s.update_every} steps; "
         f"{t.epochs:g} epochs of {samples}, lr {t.learning_rate:g}, bs {t.batch_size}{distillation}"
     )
+    spec = get_task(task)
+    available = train_examples or spec.train_examples
+    examples = min(available, t.max_train_samples or available)
+    if t.max_train_samples and t.max_train_samples <= available:
+        source = "training.max_train_samples"
+    elif train_examples:
+        source = "--train-examples"
+    else:
+        source = f"assumed: all of {spec.dirname}'s GLUE train split; --train-examples N for other data"
+    pruner = get_pruner_class(r.pruner.name)(r)
+    pruner.set_total_steps(t.total_steps(examples))
+    _print_plan(pruner.plan(), f"{examples:,} examples ({source}), one process")
+
+
+def _steps(count: int, noun: str = "step") -> str:
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
+
+
+def _print_plan(plan: dict, assumed: str = "") -> None:
+    """The pruning plan in optimizer steps (Pruner.plan), its warnings in yellow."""
+    start, end = plan["window"]
+    learned = plan["score_steps"]
+    scores = ("importance not learned (no score training before the first mask)" if learned is None
+              else f"scores/gates train {_steps(learned)} before the first mask")
+    where = f" for {assumed}" if assumed else ""
+    console.print(f"plan{where}: {_steps(plan['total_steps'], 'optimizer step')}, pruning window steps {start:,}-{end:,} "
+                  f"({_steps(plan['window_steps'])}); {scores}")
+    for warning in plan["warnings"]:
+        console.print(f"[yellow]warning: {escape(warning)}[/]")
 
 
 @recipe.command("plot")
@@ -357,7 +397,7 @@ def _print_run_table(reports: list[dict]) -> None:
             f"{r['target_sparsity']:.0%}",
             f"{r['sparsity']['targeted']:.2%}",
             f"{r['main_metric']} {main_value:.4f}" if main_value is not None else "-",
-            r["status"] if r["status"] == "ok" else f"[red]{r['status']}[/]",
+            r["status"] if r["status"] == "ok" else f"[{STATUS_COLOURS.get(r['status'], 'red')}]{r['status']}[/]",
             str(r["steps"]),
             f"{r['train_examples_per_s']:.0f}",
         )

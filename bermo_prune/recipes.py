@@ -7,6 +7,7 @@ silently ignored setting. :func:`load_recipe` turns any problem into a one-line
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -113,6 +114,12 @@ class TrainingSpec(_Spec):
     # BERMo's scalar mix (N+1 logits and gamma) learns at its own rate; BERT has no such params.
     mix_learning_rate: float = Field(5e-3, gt=0)
     distillation: DistillationSpec | None = None
+
+    def total_steps(self, examples: int) -> int:
+        """Optimizer steps of a run over ``examples`` training examples in one process (under
+        torch.distributed each process takes its share of every epoch: fewer steps)."""
+        batches = math.ceil(examples / self.batch_size)
+        return max(1, math.ceil(batches * self.epochs))
 
     @field_validator("distillation", mode="before")
     @classmethod

@@ -69,22 +69,26 @@ def prune(
     compact: bool = False,
     resume: bool = False,
     checkpoint_every: int = 0,
+    on_plan=None,
 ) -> dict:
     """Fine-tune with pruning per ``recipe``; writes the finalised checkpoint and
     ``pruning_report.json`` into ``out`` (nothing if None). With ``compact``, the saved
     checkpoint has its pruned heads and neurons removed (structured recipes). With
-    ``checkpoint_every`` steps, a killed run can continue with ``resume``."""
+    ``checkpoint_every`` steps, a killed run can continue with ``resume``. ``on_plan(plan)``
+    gets the pruner's plan in optimizer steps before the first step (main process only); the
+    report records it as ``plan`` either way."""
     return _run(checkpoint, arch, task, out, recipe.training, recipe, seed=seed, data_dir=data_dir, overwrite=overwrite,
                 progress=progress, report_name="pruning_report.json", compact=compact, resume=resume,
-                checkpoint_every=checkpoint_every)
+                checkpoint_every=checkpoint_every, on_plan=on_plan)
 
 
 def _run(checkpoint, arch, task, out, training, recipe, *, seed, data_dir, overwrite, progress, report_name,
-         compact=False, resume=False, checkpoint_every=0):
+         compact=False, resume=False, checkpoint_every=0, on_plan=None):
     """Train in the work dir of ``out`` (or a throw-away dir when ``out`` is None); only the
     main process writes when several train together."""
     def train(workdir, resume=False):
-        return _train(checkpoint, arch, task, workdir, training, recipe, seed, data_dir, progress, checkpoint_every, resume)
+        return _train(checkpoint, arch, task, workdir, training, recipe, seed, data_dir, progress, checkpoint_every, resume,
+                      on_plan)
 
     if out is None:
         with tempfile.TemporaryDirectory(prefix="bermo-prune-") as scratch:
@@ -123,7 +127,8 @@ def _check_same_settings(path: Path, settings: dict) -> None:
                               "pass the same options, or --overwrite to start over")
 
 
-def _train(checkpoint, arch, task, workdir, training, recipe, seed, data_dir, progress, checkpoint_every=0, resume=False):
+def _train(checkpoint, arch, task, workdir, training, recipe, seed, data_dir, progress, checkpoint_every=0, resume=False,
+           on_plan=None):
     spec = get_task(task)
     torch.manual_seed(seed)
     model, tokenizer = load_classifier(checkpoint, arch, num_labels=spec.num_labels)
@@ -144,6 +149,7 @@ def _train(checkpoint, arch, task, workdir, training, recipe, seed, data_dir, pr
         description=label,
         checkpoint_every=checkpoint_every,
         resume=resume,
+        on_plan=on_plan if is_main_process() else None,
     )
     shutil.rmtree(workdir / "trainer", ignore_errors=True)
     report = {

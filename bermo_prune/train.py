@@ -37,6 +37,21 @@ LOG_EVERY = 10
 COMPLETE_MARKER = "bermo_prune_complete"
 PRUNER_STATE = "pruner_state.safetensors"
 
+# The pieces of the optimised loss, logged each on its own beside the Trainer's total ``loss``:
+#   loss = (1 - alpha) * task_loss + alpha * distillation + hidden_weight * hidden_distillation
+#          + the pruner's loss terms (already weighted by the pruner)
+# without distillation, loss = task_loss + the pruner's terms.
+TASK_LOSS, DISTILLATION, HIDDEN_DISTILLATION = "task_loss", "distillation", "hidden_distillation"
+# Log keys a pruner's term must not take: a clashing term is logged as ``pruner_<name>``.
+RESERVED_LOG_KEYS = frozenset({"loss", TASK_LOSS, DISTILLATION, HIDDEN_DISTILLATION, "sparsity", "step", "epoch",
+                               "learning_rate", "grad_norm"})
+# Trainer log entries that are not about the loss or the pruner: left out of the report's loss curve.
+NOT_IN_LOSS_CURVE = ("epoch", "learning_rate", "grad_norm", "num_input_tokens_seen")
+
+# A run whose pruner trailed its schedule by more than this at the freeze is ``off_schedule``:
+# its sparsity was set by the freeze, not reached by the pruner along the way.
+OFF_SCHEDULE_MARGIN = 0.05
+
 
 @dataclass
 class DivergenceGuard:
@@ -62,6 +77,36 @@ class DivergenceGuard:
             self.reason = "dev metric is not finite"
         elif self.spec.min_metric is not None and metric < self.spec.min_metric:
             self.reason = f"dev metric {metric:.4f} below the recipe's min_metric {self.spec.min_metric}"
+
+
+class LossTermMeter:
+    """Averages each piece of the loss over a logging interval exactly as the Trainer averages
+    ``loss``: each micro-batch counts 1 / (its gradient-accumulation steps), the sum is divided by
+    the optimizer steps since the last log and averaged over processes. A piece missing from a
+    step (a penalty outside its window) counts 0 there, so the pieces keep adding up to the loss."""
+
+    def __init__(self):
+        self.sums: dict[str, torch.Tensor] = {}
+        self.since_step: int | None = None
+
+    def add(self, pieces: dict[str, torch.Tensor], step: int, weight: float = 1.0) -> None:
+        if self.since_step is None:
+            self.since_step = step  # optimizer steps done before this interval's first micro-batch
+        for name, value in pieces.items():
+            value = value.detach().float() * weight
+            self.sums[name] = self.sums[name] + value if name in self.sums else value
+
+    def pop_means(self, step: int) -> dict[str, float]:
+        """The interval's means (identical in every process), and a fresh interval. Every process
+        must call it at the same point: it all-reduces under torch.distributed."""
+        names = sorted(self.sums)  # the same pieces, in the same order, in every process
+        steps = max(1, step - (self.since_step if self.since_step is not None else step))
+        sums = torch.stack([self.sums[name] for name in names]) if names else None
+        self.sums, self.since_step = {}, None
+        if sums is None:
+            return {}
+        average_([sums])  # as the Trainer gathers and averages its loss
+        return {name: value / steps for name, value in zip(names, sums.tolist())}
 
 
 class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
@@ -102,11 +147,11 @@ def hidden_state_loss(student_states, teacher_states, attention_mask: torch.Tens
 
 
 class PruningTrainer(Trainer):
-    """Adds the pruner's loss term and optimizer groups, distils from a teacher if one is given,
-    and watches the loss for divergence."""
+    """Adds the pruner's loss terms and optimizer groups, distils from a teacher if one is given,
+    keeps each piece of the loss for the logs (``loss_meter``), and watches the loss for divergence."""
 
     def __init__(self, *args, pruner=None, guard: DivergenceGuard, mix_learning_rate: float, teacher=None,
-                 distillation: DistillationSpec | None = None, **kwargs):
+                 distillation: DistillationSpec | None = None, loss_meter: LossTermMeter | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         # Our models return a mean loss and ignore num_items_in_batch; left on, the Trainer would
         # scale the task loss by the number of processes (but not the pruner's and distillation
@@ -119,31 +164,48 @@ class PruningTrainer(Trainer):
         self.guard = guard
         self.teacher = teacher.to(self.args.device).eval() if teacher is not None else None
         self.distillation = distillation
+        self.loss_meter = loss_meter if loss_meter is not None else LossTermMeter()
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        distil = self.teacher is not None and model.training
-        layerwise = distil and self.distillation.hidden_weight > 0
+        if not model.training:  # evaluation: the task loss alone
+            return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        layerwise = self.teacher is not None and self.distillation.hidden_weight > 0
         if layerwise:
             inputs = {**inputs, "output_hidden_states": True}
-        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
-        if distil:
-            with torch.no_grad():
-                teacher_outputs = self.teacher(**{k: v for k, v in inputs.items() if k != "labels"})
-            d = self.distillation
-            soft = distillation_loss(outputs.logits, teacher_outputs.logits, d.temperature, self.teacher.config.num_labels == 1)
-            loss = (1 - d.alpha) * loss + d.alpha * soft
-            if layerwise:
-                mask = inputs.get("attention_mask")
-                if mask is None:
-                    mask = torch.ones(outputs.hidden_states[-1].shape[:2], device=loss.device)
-                loss = loss + d.hidden_weight * hidden_state_loss(outputs.hidden_states, teacher_outputs.hidden_states, mask)
-        if self.pruner is not None and model.training:
-            extra = self.pruner.penalty()
-            if extra is not None:
-                loss = loss + extra
-        if model.training:
-            self.guard.check_loss(loss, self.state.global_step)
+        task_loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        weighted = [(TASK_LOSS, 1.0, task_loss)]  # (name, weight in the loss, value)
+        if self.teacher is not None:
+            weighted = self._distillation_pieces(inputs, outputs, task_loss, layerwise)
+        weighted += [(name, 1.0, term) for name, term in self._pruner_terms().items()]
+        loss = sum(weight * value for _, weight, value in weighted)
+        # The Trainer scales each micro-batch's loss by 1 / its accumulation steps before it sums it for the log.
+        self.loss_meter.add({name: value for name, _, value in weighted}, self.state.global_step,
+                            1.0 / getattr(self, "current_gradient_accumulation_steps", 1))
+        self.guard.check_loss(loss, self.state.global_step)
         return (loss, outputs) if return_outputs else loss
+
+    def _distillation_pieces(self, inputs, outputs, task_loss, layerwise: bool) -> list[tuple[str, float, torch.Tensor]]:
+        with torch.no_grad():
+            teacher_outputs = self.teacher(**{k: v for k, v in inputs.items() if k != "labels"})
+        d = self.distillation
+        soft = distillation_loss(outputs.logits, teacher_outputs.logits, d.temperature, self.teacher.config.num_labels == 1)
+        pieces = [(TASK_LOSS, 1 - d.alpha, task_loss), (DISTILLATION, d.alpha, soft)]
+        if layerwise:
+            mask = inputs.get("attention_mask")
+            if mask is None:
+                mask = torch.ones(outputs.hidden_states[-1].shape[:2], device=task_loss.device)
+            hidden = hidden_state_loss(outputs.hidden_states, teacher_outputs.hidden_states, mask)
+            pieces.append((HIDDEN_DISTILLATION, d.hidden_weight, hidden))
+        return pieces
+
+    def _pruner_terms(self) -> dict[str, torch.Tensor]:
+        if self.pruner is None:
+            return {}
+        terms = self.pruner.loss_terms()
+        if not terms:  # a pruner that still implements penalty() alone
+            extra = self.pruner.penalty()
+            terms = {"penalty": extra} if extra is not None else {}
+        return {f"pruner_{name}" if name in RESERVED_LOG_KEYS else name: term for name, term in terms.items()}
 
     def _get_train_sampler(self, train_dataset=None):
         sampler = super()._get_train_sampler(train_dataset)
@@ -177,15 +239,23 @@ class PruningTrainer(Trainer):
 
 
 class PruningCallback(TrainerCallback):
-    def __init__(self, pruner, guard: DivergenceGuard):
+    def __init__(self, pruner, guard: DivergenceGuard, loss_meter: LossTermMeter | None = None, on_plan=None):
         self.pruner = pruner
         self.guard = guard
+        self.loss_meter = loss_meter if loss_meter is not None else LossTermMeter()
+        self.on_plan = on_plan
+        self.plan: dict | None = None
         self.save_after_evaluation = False
 
     def on_train_begin(self, args, state, control, **kwargs):
+        if self.pruner is None:
+            return
         # Several processes split each epoch's batches: the Trainer knows the real step count.
-        if self.pruner is not None and self.pruner.total_steps != state.max_steps:
+        if self.pruner.total_steps != state.max_steps:
             self.pruner.set_total_steps(state.max_steps)
+        self.plan = self.pruner.plan()
+        if self.on_plan is not None:
+            self.on_plan(self.plan)
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         if self.pruner is not None:
@@ -228,14 +298,18 @@ class PruningCallback(TrainerCallback):
         (folder / COMPLETE_MARKER).write_text("complete\n")
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs is not None and self.pruner is not None and "loss" in logs:
-            extra = {"sparsity": round(self.pruner.current_sparsity(), 6), **self.pruner.state_summary()}
-            logs.update(extra)  # for the progress bar
-            state.log_history[-1].update(extra)  # for the loss curve in the report
+        if logs is None or "loss" not in logs:  # evaluation and end-of-training entries
+            return
+        extra = self.loss_meter.pop_means(state.global_step)
+        if self.pruner is not None:
+            extra.update({"sparsity": round(self.pruner.current_sparsity(), 6), **self.pruner.state_summary()})
+        logs.update(extra)  # for the progress bar
+        state.log_history[-1].update(extra)  # for the loss curve in the report
 
 
 class RichProgressCallback(TrainerCallback):
-    """A rich progress bar with the live loss, sparsity and dev metric."""
+    """A rich progress bar with the live task loss (the model's own, without penalties and
+    distillation, so runs compare), sparsity and dev metric."""
 
     def __init__(self, description: str, metric_name: str):
         self.description = description
@@ -250,7 +324,7 @@ class RichProgressCallback(TrainerCallback):
             TextColumn("[bold]{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}  sparsity {task.fields[sparsity]}  dev {task.fields[metric]}"),
+            TextColumn("task loss {task.fields[loss]}  sparsity {task.fields[sparsity]}  dev {task.fields[metric]}"),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
             transient=False,
@@ -263,8 +337,9 @@ class RichProgressCallback(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = logs or {}
-        if "loss" in logs:
-            self.fields["loss"] = f"{logs['loss']:.3f}"
+        loss = logs.get(TASK_LOSS, logs.get("loss"))
+        if loss is not None:
+            self.fields["loss"] = f"{loss:.3f}"
         if "sparsity" in logs:
             self.fields["sparsity"] = f"{logs['sparsity']:.1%}"
         self.progress.update(self.task, **self.fields)
@@ -296,6 +371,10 @@ class RunResult:
     eval_history: list[dict] = field(default_factory=list)
     layer_weights: list[float] | None = None
     gamma: float | None = None
+    plan: dict | None = None  # the pruner's plan in optimizer steps (Pruner.plan), with its warnings
+    # What the freeze did: the pruner's own sparsity just before it, and the jump to the final sparsity.
+    sparsity_before_freeze: float | None = None
+    freeze_jump: float | None = None
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -316,11 +395,13 @@ def train_and_evaluate(
     description: str = "train",
     checkpoint_every: int = 0,
     resume: bool = False,
+    on_plan=None,
 ) -> RunResult:
     """Fine-tune ``model`` on the task (pruning it if a pruner is given), finalise the masks and
     evaluate on dev. ``model`` is left as a plain model holding real zeros. With
     ``checkpoint_every``, resumable checkpoints go to ``out_dir/trainer``; with ``resume``, the
-    run continues from the last complete one there (if any)."""
+    run continues from the last complete one there (if any). ``on_plan(plan)`` is called once
+    the true step count is known, with the pruner's plan (:meth:`Pruner.plan`), before the first step."""
     task = get_task(task_name)
     train = subsample(load_split(task.name, "train", data_dir), training.max_train_samples, seed)
     dev = load_split(task.name, "dev", data_dir)
@@ -358,7 +439,9 @@ def train_and_evaluate(
         # learned gates and scores stop taking part in the forward pass once the masks are fixed
         ddp_find_unused_parameters=pruner is not None and bool(pruner.param_groups()),
     )
-    callbacks = [PruningCallback(pruner, guard)]
+    loss_meter = LossTermMeter()
+    pruning_callback = PruningCallback(pruner, guard, loss_meter, on_plan)
+    callbacks = [pruning_callback]
     if progress:
         callbacks.append(RichProgressCallback(description, task.main_metric))
     trainer = PruningTrainer(
@@ -374,6 +457,7 @@ def train_and_evaluate(
         mix_learning_rate=training.mix_learning_rate,
         teacher=load_teacher(training.distillation, model, task) if training.distillation else None,
         distillation=training.distillation,
+        loss_meter=loss_meter,
     )
     trainer.remove_callback(PrinterCallback)  # our own progress bar (or silence) replaces it
 
@@ -410,24 +494,45 @@ def train_and_evaluate(
     at_target = [e["metric"] for e in evals if pruner is None or (pruner.frozen_at is not None and e["step"] >= pruner.frozen_at)]
     candidates = [m for m in at_target + [main] if m is not None and math.isfinite(m)]
     steps = trainer.state.global_step
+    sparsity = sparsity_report(model, target_names)
+    status, reason = run_status(guard, pruner)
+    before = pruner.sparsity_before_freeze if pruner is not None else None
     result = RunResult(
-        status="ok" if guard.reason is None else "diverged",
-        reason=guard.reason,
+        status=status,
+        reason=reason,
         metrics={k: float(v) for k, v in metrics.items()},
         best_metric=max(candidates) if candidates else None,
         main_metric=task.main_metric,
-        sparsity=sparsity_report(model, target_names),
+        sparsity=sparsity,
         steps=steps,
         train_examples=len(train_tok),
         wall_time_s=wall,
         train_examples_per_s=train_output.metrics.get("train_samples_per_second", 0.0),
-        loss_curve=[{k: h[k] for k in ("step", "loss", "sparsity") if k in h} for h in history if "loss" in h],
+        loss_curve=[{k: v for k, v in h.items() if k not in NOT_IN_LOSS_CURVE} for h in history if "loss" in h],
         eval_history=evals,
+        plan=pruning_callback.plan,
+        sparsity_before_freeze=before,
+        freeze_jump=sparsity["targeted"] - before if before is not None else None,
     )
     if hasattr(model, "scalar_mix"):
         result.layer_weights = model.layer_weights()
         result.gamma = model.scalar_mix.gamma.item()
     return result
+
+
+def run_status(guard: DivergenceGuard, pruner) -> tuple[str, str | None]:
+    """``diverged`` (the guard's reason), else ``off_schedule`` when the pruner's own sparsity
+    trailed the schedule by more than OFF_SCHEDULE_MARGIN when its masks were fixed (the metric
+    is valid, but the freeze, not the pruner, chose the final sparsity), else ``ok``."""
+    if guard.reason is not None:
+        return "diverged", guard.reason
+    before = getattr(pruner, "sparsity_before_freeze", None)
+    if before is None or pruner.frozen_at is None:
+        return "ok", None
+    scheduled = pruner.schedule(pruner.frozen_at)
+    if before < scheduled - OFF_SCHEDULE_MARGIN:
+        return "off_schedule", f"sparsity {before:.1%} before the freeze, schedule {scheduled:.1%}: the freeze did the pruning"
+    return "ok", None
 
 
 def load_teacher(spec: DistillationSpec, student, task):
@@ -466,8 +571,7 @@ def remove_incomplete_checkpoints(trainer_dir: Path) -> None:
 
 
 def _total_steps(train_dataset, training: TrainingSpec) -> int:
-    batches = math.ceil(len(train_dataset) / training.batch_size)
-    return max(1, math.ceil(batches * training.epochs))
+    return training.total_steps(len(train_dataset))
 
 
 def _is_task_metric(key: str) -> bool:

@@ -7,8 +7,16 @@ u ~ U(0, 1), sampled in training and replaced by its deterministic value in eval
 expected fraction of open gates is mean(sigmoid(log_alpha - beta * log(-gamma / zeta))).
 
 Loss terms, with s_hat the expected sparsity and t the schedule's sparsity at this step:
-  lambda(t) * (1 - s_hat)                      expected-L0 penalty (recipe ``penalty``; optional)
-  l1 * (s_hat - t) + l2 * (s_hat - t)^2        Lagrangian; l1, l2 are maximised (gradient ascent)
+  penalty     lambda(t) * (1 - s_hat)                  expected-L0 penalty (recipe ``penalty``; optional)
+  lagrangian  l1 * (s_hat - t) + l2 * (s_hat - t)^2    l1, l2 are maximised (gradient ascent)
+The Lagrangian acts inside the pruning window only. Before it the target is the initial sparsity
+and the multipliers would only learn to hold the gates open (under Adam they grow by about their
+learning rate every step), so that when the window opened the gates lagged the schedule until the
+multipliers had turned round; the freeze then did the pruning.
+
+Gates start at ``init_keep`` = sigmoid(log_alpha) = 0.8: open with probability 0.95 and a
+deterministic value of 0.86, yet far enough from saturation that the gradients of the task and of
+the constraint reach them (at 0.95 almost every sample is clipped at 1 and passes no gradient).
 When the window closes, the gates are replaced by an exact top-k mask on log_alpha.
 """
 
@@ -32,7 +40,7 @@ class L0Options(BaseModel):
     # O(10-100) within a short run before the constraint competes with the task loss.
     lagrangian_lr: float = Field(0.5, gt=0, description="learning rate of the Lagrange multipliers")
     lagrangian: bool = Field(True, description="drive the expected sparsity to the schedule")
-    init_keep: float = Field(0.95, gt=0, lt=1, description="initial sigmoid(log_alpha) of each gate "
+    init_keep: float = Field(0.8, gt=0, lt=1, description="initial sigmoid(log_alpha) of each gate "
                              "(its chance to be open starts higher: the stretched gate is clipped at 1)")
     block: tuple[int, int] = Field((1, 1), description="gate granularity: one gate per rows x cols block")
 
@@ -121,18 +129,22 @@ class L0Pruner(Pruner):
             total += p.mask.numel()
         return 1 - kept / total
 
-    def penalty(self):
-        if self.frozen:
-            return None
-        s_hat = self.expected_sparsity()
-        loss = s_hat.new_zeros(())
+    def loss_terms(self):
         weight = self.current_penalty_weight()
+        constrain = self.options.lagrangian and self.schedule.in_window(self.step)
+        if self.frozen or not (weight or constrain):
+            return {}
+        s_hat = self.expected_sparsity()
+        terms = {}
         if weight:
-            loss = loss + weight * (1 - s_hat)
-        if self.options.lagrangian:
+            terms["penalty"] = weight * (1 - s_hat)
+        if constrain:
             gap = s_hat - self.schedule(self.step)
-            loss = loss + self.lambda_1 * gap + self.lambda_2 * gap * gap
-        return loss
+            terms["lagrangian"] = self.lambda_1 * gap + self.lambda_2 * gap * gap
+        return terms
+
+    def score_steps(self):
+        return self.schedule.end_step  # the gates train from the first step; the hard mask comes at the freeze
 
     def scores(self):
         return {name: p.expand(p.log_alpha.detach()) for name, p in self.parametrizations().items()}
@@ -152,4 +164,10 @@ class L0Pruner(Pruner):
         return self.expected_sparsity().item()
 
     def state_summary(self):
-        return {"lambda_1": self.lambda_1.item(), "lambda_2": self.lambda_2.item()}
+        if self.frozen:
+            return {}
+        # Gates whose deterministic value is exactly 0: the sparsity of the model evaluated now.
+        closed = sum(float(p.expand((deterministic_gates(p.log_alpha) == 0).float()).sum())
+                     for p in self.parametrizations().values())
+        total = sum(p.mask.numel() for p in self.parametrizations().values())
+        return {"lambda_1": self.lambda_1.item(), "lambda_2": self.lambda_2.item(), "closed_gates": closed / total}

@@ -47,7 +47,7 @@ def test_sweep_completes_and_report_has_one_row_per_cell(tmp_path, tiny_checkpoi
     executed = run_sweep(spec, tmp_path / "results")
     assert len(executed) == 8  # 2 archs x 2 pruners x 2 sparsities x 1 seed
     results = load_results(tmp_path / "results")
-    assert {r["status"] for r in results} <= {"ok", "diverged"}
+    assert {r["status"] for r in results} <= {"ok", "off_schedule", "diverged"}  # 4 steps: the freeze may do the pruning
     for r in results:
         n = r["sparsity"]["targeted_params"]
         if r["recipe"]["scope"] == "global":  # exactly round(target * n) zeros
@@ -129,7 +129,7 @@ def test_a_crashing_run_is_recorded_and_the_sweep_goes_on(tmp_path, tiny_checkpo
     by_id = {r["run_id"]: r for r in load_results(tmp_path / "results")}
     assert by_id["bert-magnitude-s0.5-seed0"]["status"] == "crashed"
     assert "simulated out-of-memory" in by_id["bert-magnitude-s0.5-seed0"]["reason"]
-    assert by_id["bert-magnitude-s0.8-seed0"]["status"] in ("ok", "diverged")
+    assert by_id["bert-magnitude-s0.8-seed0"]["status"] in ("ok", "off_schedule", "diverged")
     assert pending_runs(load_spec(spec), tmp_path / "results") == []
     assert [r.run_id for r in pending_runs(load_spec(spec), tmp_path / "results", retry_crashed=True)] == [
         "bert-magnitude-s0.5-seed0"

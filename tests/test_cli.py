@@ -20,7 +20,7 @@ from bermo_prune.recipes import DEFAULT_INCLUDE
 from conftest import tiny_config
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
-RECIPE_NAMES = ("magnitude", "movement", "soft-movement", "l0")
+RECIPE_NAMES = ("magnitude", "random", "movement", "soft-movement", "l0")
 FAST = ["--epochs", "1", "--max-train-samples", "64"]
 
 
@@ -134,16 +134,21 @@ def test_prune_every_recipe(recipe, arch, tiny_checkpoint, tiny_glue, tmp_path):
     )
     ok(result)
     assert "Traceback" not in result.output
+    assert "plan: 2 optimizer steps" in " ".join(result.output.split())  # stated before training
     assert {"config.json", "model.safetensors", "pruning_report.json"} <= {p.name for p in out.iterdir()}
 
     report = json.loads((out / "pruning_report.json").read_text())
-    assert report["status"] in ("ok", "diverged")
+    # 2 steps: the freeze does all the pruning, which is what off_schedule says
+    assert report["status"] in ("ok", "off_schedule", "diverged")
     assert report["sparsity"]["targeted"] == pytest.approx(0.5, abs=1e-6)
     assert report["target_sparsity"] == 0.5
     assert report["pruner"] == report["recipe"]["pruner"]["name"]
     assert report["arch"] == arch
     assert report["steps"] == 2
     assert len(report["sparsity"]["per_layer"]) == 12
+    assert report["plan"]["total_steps"] == 2
+    assert report["freeze_jump"] == pytest.approx(0.5 - report["sparsity_before_freeze"], abs=1e-6)
+    assert {"loss", "task_loss", "sparsity"} <= report["loss_curve"][-1].keys()
 
     if arch == "bert":
         model = BertForSequenceClassification.from_pretrained(out)
@@ -160,7 +165,7 @@ def test_prune_every_recipe(recipe, arch, tiny_checkpoint, tiny_glue, tmp_path):
 
 def test_pruners_lists_the_builtins():
     result = ok(run("pruners"))
-    for name in ("magnitude", "movement", "soft_movement", "l0"):
+    for name in ("magnitude", "random", "movement", "soft_movement", "l0"):
         assert name in result.output
 
 

@@ -59,7 +59,7 @@ def test_pure_distillation_from_itself_starts_at_zero_loss(fine_tuned, tiny_glue
     for alpha in (1.0, 0.0):
         report = runs.prune(str(fine_tuned), recipe_with_teacher(tmp_path, fine_tuned, alpha), "sst2", None,
                             data_dir=str(tiny_glue), progress=False)
-        assert report["status"] in ("ok", "diverged")
+        assert report["status"] in ("ok", "off_schedule", "diverged")
         assert report["training"]["distillation"]["alpha"] == alpha
         first_loss[alpha] = report["loss_curve"][0]["loss"]
     assert first_loss[1.0] == pytest.approx(0.0, abs=1e-6)

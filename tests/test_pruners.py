@@ -95,6 +95,7 @@ def expected_zeros(numel: int, sparsity: float) -> int:
 
 CASES = {
     "magnitude": ("magnitude", None),
+    "random": ("random", None),
     "movement": ("movement", None),
     "movement-learned": ("movement", {"scores": "learned"}),
     "soft_movement": ("soft_movement", None),
@@ -195,6 +196,54 @@ def test_magnitude_follows_a_linear_schedule():
     assert 0 < seen[6] < seen[8] < seen[10] < seen[12] < seen[14] < TARGET
     assert pruner.frozen and pruner.frozen_at == 16
     assert seen[16] == seen[20] == at(TARGET)
+
+
+# --- random masks (the control) --------------------------------------------------------------
+
+
+def random_masks(seed: int) -> dict[str, torch.Tensor]:
+    torch.manual_seed(seed)  # as runs._train seeds torch before loading the model
+    model = BertForSequenceClassification(tiny_config(num_labels=2))
+    pruner = get_pruner_class("random")(recipe("random"))
+    pruner.attach(model, TOTAL_STEPS)
+    pruner.finalize()
+    return {name: (m.weight.detach() != 0) for name, m in pruner.modules.items()}
+
+
+def test_random_masks_hit_the_target_and_depend_on_the_seed_only():
+    a, again, other = random_masks(0), random_masks(0), random_masks(1)
+    total = sum(m.numel() for m in a.values())
+    assert sum(int((~m).sum()) for m in a.values()) == expected_zeros(total, TARGET)
+    assert all(torch.equal(a[n], again[n]) for n in a)
+    assert any(not torch.equal(a[n], other[n]) for n in a)
+
+
+def test_random_scores_leave_the_global_rng_alone_and_survive_in_the_state_dict():
+    torch.manual_seed(0)
+    model = tiny_bert()
+    state = torch.get_rng_state()
+    pruner = get_pruner_class("random")(recipe("random"))
+    pruner.attach(model, TOTAL_STEPS)
+    assert torch.equal(torch.get_rng_state(), state)
+    scores = torch.cat([s.flatten() for s in pruner.scores().values()])
+    assert torch.equal(scores.sort().values, torch.arange(scores.numel(), dtype=scores.dtype))  # a ranking: no ties
+    saved = {k: v for k, v in model.state_dict().items() if k.endswith("parametrizations.weight.0.scores")}
+    assert len(saved) == 12  # checkpoints, hence --resume, carry the ranking
+
+
+def test_random_masks_are_nested_along_the_schedule():
+    model = tiny_bert()
+    pruner = get_pruner_class("random")(recipe("random", schedule={"shape": "linear", "start": 0.1, "end": 0.8, "update_every": 1}))
+    pruner.attach(model, TOTAL_STEPS)
+    kept = []
+    for step in range(1, TOTAL_STEPS + 1):
+        pruner.on_step_end(step)
+        kept.append(torch.cat([p.mask.flatten() for p in pruner.parametrizations().values()]).bool())
+    sparsities = [1 - float(k.float().mean()) for k in kept]
+    assert sparsities == sorted(sparsities) and sparsities[0] == 0.0 and len(set(sparsities)) > 5
+    assert sparsities[-1] == expected_zeros(kept[-1].numel(), TARGET) / kept[-1].numel()
+    for before, after in zip(kept, kept[1:]):
+        assert not (after & ~before).any()  # a weight once pruned stays pruned
 
 
 # --- movement scores -------------------------------------------------------------------------

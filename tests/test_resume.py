@@ -78,6 +78,7 @@ def assert_same_outcome(a: Path, b: Path) -> None:
 
 PRUNERS = [
     ("magnitude", {}),
+    ("random", {}),  # its ranking is a buffer of the parametrisation: the checkpoint must carry it
     ("movement", {}),
     ("l0", {}),  # samples its gates: resuming must restore the RNG and the Lagrange multipliers
     ("head_neuron_l0", {"head_sparsity": 0.5, "neuron_sparsity": 0.5}),  # gates live outside the model

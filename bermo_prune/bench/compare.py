@@ -14,7 +14,7 @@ from statistics import mean, stdev
 
 from scipy.stats import binomtest
 
-from bermo_prune.bench.report import DENSE, fmt, main_value
+from bermo_prune.bench.report import DENSE, WITH_METRIC, fmt, main_value
 
 ALL_PRUNERS = "all pruners"
 COLUMNS = (
@@ -31,7 +31,7 @@ def _first_eval(result: dict) -> float | None:
 def _pairs(results: list[dict], arch_a: str, arch_b: str) -> dict[tuple[str, float], list[tuple[dict, dict]]]:
     finished: dict[tuple, dict] = {}
     for r in results:
-        if r.get("status") in ("ok", "diverged") and main_value(r) is not None:
+        if r.get("status") in WITH_METRIC and main_value(r) is not None:
             key = (r.get("pruner") or DENSE, round(float(r.get("target_sparsity") or 0.0), 6), r.get("seed"))
             finished[(r["arch"], *key)] = r
     cells: dict[tuple[str, float], list[tuple[dict, dict]]] = defaultdict(list)

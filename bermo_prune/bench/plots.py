@@ -6,6 +6,8 @@ from collections import defaultdict
 from pathlib import Path
 from statistics import mean
 
+from bermo_prune.bench.report import WITH_METRIC
+
 ARCH_STYLE = {"bert": "-", "bermo": "--"}
 # PNG metadata without the matplotlib version, so figures are reproducible byte for byte.
 META = {"Software": None}
@@ -65,17 +67,28 @@ def divergence_vs_sparsity(rows: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=110, metadata=META)
 
 
+def plotted_loss(curve: list[dict]) -> tuple[str, list[dict]]:
+    """The task loss when the run logged it (penalties and distillation would hide how the model
+    itself does), else the optimised total of older result files."""
+    key = "task_loss" if curve and all("task_loss" in c for c in curve) else "loss"
+    return key, [c for c in curve if key in c]
+
+
 def diverged_loss_curves(results: list[dict], path: Path) -> bool:
     diverged = [r for r in results if r.get("status") == "diverged" and r.get("loss_curve")]
     if not diverged:
         return False
     fig = _figure()
     ax = fig.add_subplot()
+    keys = set()
     for r in sorted(diverged, key=lambda r: r.get("run_id", "")):
-        curve = [c for c in r["loss_curve"] if "loss" in c]
-        ax.plot([c["step"] for c in curve], [c["loss"] for c in curve], linestyle=ARCH_STYLE.get(r["arch"], ":"),
+        key, curve = plotted_loss(r["loss_curve"])
+        keys.add(key)
+        ax.plot([c["step"] for c in curve], [c[key] for c in curve], linestyle=ARCH_STYLE.get(r["arch"], ":"),
                 linewidth=1, label=r.get("run_id", r["arch"]))
-    ax.set(xlabel="step", ylabel="training loss", title=f"loss curves of the {len(diverged)} diverged runs")
+    ylabel = {frozenset({"task_loss"}): "training task loss", frozenset({"loss"}): "training loss"}.get(
+        frozenset(keys), "training task loss (total loss for runs that did not log it)")
+    ax.set(xlabel="step", ylabel=ylabel, title=f"loss curves of the {len(diverged)} diverged runs")
     ax.grid(alpha=0.3)
     if len(diverged) <= 12:
         ax.legend(fontsize=6)
@@ -86,7 +99,7 @@ def diverged_loss_curves(results: list[dict], path: Path) -> bool:
 def bermo_layer_weights(results: list[dict], path: Path) -> bool:
     cells = defaultdict(list)
     for r in results:
-        if r.get("layer_weights") and r.get("status") in ("ok", "diverged"):
+        if r.get("layer_weights") and r.get("status") in WITH_METRIC:
             cells[(r.get("pruner") or "dense", float(r.get("target_sparsity") or 0.0))].append(r["layer_weights"])
     if not cells:
         return False
@@ -111,7 +124,7 @@ def sparsity_tracking(results: list[dict], path: Path, near: float = 0.9) -> boo
     from bermo_prune.recipes import Recipe
 
     pruned = [r for r in results if r.get("pruner") not in (None, "dense") and r.get("loss_curve") and r.get("recipe")
-              and r.get("status") in ("ok", "diverged")]
+              and r.get("status") in WITH_METRIC]
     if not pruned:
         return False
     fig = _figure()

@@ -18,8 +18,11 @@ from bermo_prune.errors import BermoPruneError
 from bermo_prune.io import write_json_atomic
 
 DENSE = "dense"
+# Statuses of runs that finished with a dev metric: off_schedule runs (the freeze, not the pruner,
+# set their final sparsity) count like ok ones, and are counted on their own too.
+WITH_METRIC = ("ok", "off_schedule", "diverged")
 COLUMNS = (
-    "arch", "pruner", "target_sparsity", "achieved_sparsity", "seeds", "diverged", "crashed",
+    "arch", "pruner", "target_sparsity", "achieved_sparsity", "seeds", "diverged", "off_schedule", "crashed",
     "metric_mean", "metric_std", "best_mean", "healthy_mean", "first_eval_mean", "dense_mean", "retention",
     "train_examples_per_s",
 )
@@ -62,9 +65,9 @@ def summarize(results: list[dict]) -> list[dict]:
             dense[arch] = _stats([v for v in map(main_value, members) if v is not None])[0]
     rows = []
     for (arch, pruner, target), members in sorted(groups.items(), key=lambda kv: (kv[0][1] != DENSE, kv[0][1], kv[0][2], kv[0][0])):
-        finished = [r for r in members if r.get("status") in ("ok", "diverged")]
+        finished = [r for r in members if r.get("status") in WITH_METRIC]
         values = [v for v in map(main_value, finished) if v is not None]
-        healthy = [v for r in finished if r["status"] == "ok" and (v := main_value(r)) is not None]
+        healthy = [v for r in finished if r["status"] != "diverged" and (v := main_value(r)) is not None]
         best = [r["best_metric"] for r in finished if r.get("best_metric") is not None]
         achieved = [r["sparsity"]["targeted"] for r in finished if r.get("sparsity")]
         speed = [r["train_examples_per_s"] for r in finished if r.get("train_examples_per_s")]
@@ -79,6 +82,7 @@ def summarize(results: list[dict]) -> list[dict]:
             "achieved_sparsity": mean(achieved) if achieved else None,
             "seeds": len(finished),
             "diverged": sum(r["status"] == "diverged" for r in finished),
+            "off_schedule": sum(r["status"] == "off_schedule" for r in finished),
             "crashed": sum(r.get("status") == "crashed" for r in members),
             "metric_mean": metric_mean,
             "metric_std": metric_std,
@@ -105,19 +109,22 @@ def markdown(rows: list[dict], results: list[dict]) -> str:
         f"# Sparsity-accuracy report ({len(results)} runs)",
         "",
         f"Dev {metric} (x100) per arch x pruner x target sparsity: mean +/- std over seeds, all finished runs "
-        "(diverged runs included); `healthy` = mean of the runs that did not diverge; `epoch 1` = mean at the first "
+        "(diverged runs included); `healthy` = mean of the runs that did not diverge; `off sched.` = runs whose "
+        "pruner trailed its schedule by more than 5 points when the masks were fixed (the freeze did the pruning; "
+        "their metric counts like any other); `epoch 1` = mean at the first "
         "dev evaluation (end of the first epoch, mid-pruning for pruned runs); retention = mean / dense "
         "mean of the same arch and budget. Sparsity is over the encoder Linear weights; ex/s is the training "
         "throughput (wall clock, so it depends on the machine and its load).",
         "",
-        "| pruner | target | arch | achieved | seeds | diverged | " + metric + " | healthy | epoch 1 | best | retention | ex/s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| pruner | target | arch | achieved | seeds | diverged | off sched. | " + metric
+        + " | healthy | epoch 1 | best | retention | ex/s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         spread = f"{fmt(r['metric_mean'], True)} +/- {fmt(r['metric_std'], True)}" if r["metric_mean"] is not None else "-"
         lines.append(
             f"| {r['pruner']} | {r['target_sparsity']:.0%} | {r['arch']} | {fmt(r['achieved_sparsity'], True)} | "
-            f"{r['seeds']} | {r['diverged']} | {spread} | {fmt(r['healthy_mean'], True)} | "
+            f"{r['seeds']} | {r['diverged']} | {r['off_schedule']} | {spread} | {fmt(r['healthy_mean'], True)} | "
             f"{fmt(r['first_eval_mean'], True)} | {fmt(r['best_mean'], True)} | "
             f"{fmt(r['retention'])} | {r['train_examples_per_s'] or 0:.0f} |"
         )
@@ -132,6 +139,9 @@ def markdown(rows: list[dict], results: list[dict]) -> str:
         "Divergence reasons seen: " + ("; ".join(reasons) if reasons else "none") + ".",
         "",
     ]
+    off = sorted(r.get("run_id", r["arch"]) for r in results if r.get("status") == "off_schedule")
+    if off:
+        lines += [f"Off-schedule runs ({len(off)}): " + ", ".join(off) + ".", ""]
     return "\n".join(lines)
 
 

@@ -16,7 +16,7 @@ from bermo_prune.bench.spec import DENSE, Run, SweepSpec, expand, load_spec, spe
 from bermo_prune.errors import BermoPruneError
 from bermo_prune.io import write_json_atomic
 
-FINISHED = ("ok", "diverged", "crashed")
+FINISHED = ("ok", "off_schedule", "diverged", "crashed")  # a run with one of these is not run again
 
 
 def parse_shard(text: str) -> tuple[int, int]:

@@ -36,16 +36,17 @@ class TaskSpec:
     is_regression: bool
     main_metric: str
     hub_config: str
+    train_examples: int  # rows of the GLUE train split: what a run without max_train_samples trains on
 
 
 TASKS: dict[str, TaskSpec] = {
     spec.name: spec
     for spec in (
-        TaskSpec("sst2", "SST-2", ("sentence",), 2, False, "accuracy", "sst2"),
-        TaskSpec("cola", "CoLA", ("sentence",), 2, False, "matthews_correlation", "cola"),
-        TaskSpec("mrpc", "MRPC", ("sentence1", "sentence2"), 2, False, "f1", "mrpc"),
-        TaskSpec("rte", "RTE", ("sentence1", "sentence2"), 2, False, "accuracy", "rte"),
-        TaskSpec("stsb", "STS-B", ("sentence1", "sentence2"), 1, True, "pearson", "stsb"),
+        TaskSpec("sst2", "SST-2", ("sentence",), 2, False, "accuracy", "sst2", 67_349),
+        TaskSpec("cola", "CoLA", ("sentence",), 2, False, "matthews_correlation", "cola", 8_551),
+        TaskSpec("mrpc", "MRPC", ("sentence1", "sentence2"), 2, False, "f1", "mrpc", 3_668),
+        TaskSpec("rte", "RTE", ("sentence1", "sentence2"), 2, False, "accuracy", "rte", 2_490),
+        TaskSpec("stsb", "STS-B", ("sentence1", "sentence2"), 1, True, "pearson", "stsb", 5_749),
     )
 }
 

@@ -1,6 +1,6 @@
 """The pruner life cycle, shared by every pruner.
 
-    attach(model, total_steps) -> [per step: penalty(), before_optimizer_step(), on_step_end()]
+    attach(model, total_steps) -> [per step: loss_terms(), before_optimizer_step(), on_step_end()]
     -> finalize()
 
 ``state_dict``/``load_state_dict`` carry what a resumed run needs beyond the model's own state
@@ -45,6 +45,9 @@ class Pruner:
         self.step = 0
         self.total_steps = 0
         self.model: nn.Module | None = None
+        # What the freeze did: sparsity just before it (what the pruner had reached by itself,
+        # e.g. the expected sparsity of L0 gates) and the scheduled target it was fixed to.
+        self.sparsity_before_freeze: float | None = None
 
     # --- life cycle -------------------------------------------------------------------------
     def attach(self, model: nn.Module, total_steps: int) -> None:
@@ -79,6 +82,7 @@ class Pruner:
     def freeze(self) -> None:
         """Fix masks at exactly the target sparsity; later steps only fine-tune the kept weights."""
         self.sync()
+        self.sparsity_before_freeze = self.current_sparsity()
         self.fix_masks()
         self.frozen = True
         self.frozen_at = self.step
@@ -117,9 +121,37 @@ class Pruner:
         self.sync()
         self.set_masks(M.topk_masks(self.scores(), sparsity, self.recipe.scope, exact=False))
 
+    def loss_terms(self) -> dict[str, torch.Tensor]:
+        """Extra loss terms by name (``penalty``, ``lagrangian``, ...), each added to the task loss
+        and logged on its own; empty for pruners without any."""
+        return {}
+
     def penalty(self) -> torch.Tensor | None:
-        """Extra loss term (None for pruners without one)."""
+        """The sum of :meth:`loss_terms` (None when there is none)."""
+        terms = list(self.loss_terms().values())
+        return sum(terms[1:], terms[0]) if terms else None
+
+    # --- what a run will do, for guard rails ---------------------------------------------------
+    #: Pruners whose importance is learned during training (scores, gates) need this many
+    #: optimizer steps of it before the first mask; fewer earns a warning (``plan``).
+    min_score_steps: ClassVar[int] = 0
+
+    def score_steps(self) -> int | None:
+        """Optimizer steps the pruner's scores or gates train before the first mask is applied
+        (None for pruners whose importance is not learned: magnitude, random)."""
         return None
+
+    def plan(self) -> dict:
+        """The run's pruning plan in optimizer steps, and warnings about it (after attach or
+        set_total_steps)."""
+        s = self.schedule
+        plan = {"total_steps": self.total_steps, "window": [s.start_step, s.end_step],
+                "window_steps": max(0, s.end_step - s.start_step), "score_steps": self.score_steps(), "warnings": []}
+        if plan["score_steps"] is not None and plan["score_steps"] < self.min_score_steps:
+            plan["warnings"].append(
+                f"{self.name}: its scores train for only {plan['score_steps']} optimizer steps before the first mask "
+                f"(at least {self.min_score_steps} advised); with fewer the masks are chosen from noise")
+        return plan
 
     def param_groups(self) -> list[dict]:
         """Extra optimizer parameter groups (learned scores, gates, multipliers)."""
@@ -149,6 +181,7 @@ class Pruner:
             "step": torch.tensor(self.step),
             "frozen": torch.tensor(int(self.frozen)),
             "frozen_at": torch.tensor(-1 if self.frozen_at is None else self.frozen_at),
+            "sparsity_before_freeze": torch.tensor(-1.0 if self.sparsity_before_freeze is None else self.sparsity_before_freeze),
         }
         for i, param in enumerate(self.external_parameters()):
             state[f"external.{i}"] = param.detach().clone()
@@ -165,6 +198,8 @@ class Pruner:
         self.step = int(state["step"])
         frozen_at = int(state["frozen_at"])
         self.frozen_at = None if frozen_at < 0 else frozen_at
+        before = float(state.get("sparsity_before_freeze", torch.tensor(-1.0)))  # absent in older checkpoints
+        self.sparsity_before_freeze = None if before < 0 else before
         if int(state["frozen"]) and not self.frozen:
             self.frozen = True
             self.on_freeze()

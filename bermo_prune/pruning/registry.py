@@ -10,7 +10,7 @@ from importlib.metadata import entry_points
 from bermo_prune.errors import BermoPruneError
 
 ENTRY_POINT_GROUP = "bermo_prune.pruners"
-BUILTIN_MODULES = ("pruners.magnitude", "pruners.movement", "pruners.soft_movement", "pruners.l0")
+BUILTIN_MODULES = ("pruners.magnitude", "pruners.random", "pruners.movement", "pruners.soft_movement", "pruners.l0")
 BUILTIN_MODULES += ("pruners.structured", "pruners.structured_l0")  # heads and FFN neurons
 
 _REGISTRY: dict[str, type] = {}
