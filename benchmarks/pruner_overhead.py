@@ -51,7 +51,7 @@ def recipe_for(pruner: str) -> Recipe:
         "name": f"overhead-{pruner}", "pruner": {"name": pruner}, "target_sparsity": 0.5,
         "schedule": {"shape": "linear", "start": 0.0, "end": 1.0, "update_every": 10},
     }
-    if pruner in ("soft_movement", "l0"):
+    if pruner == "l0":
         raw["penalty"] = {"value": 1.0}
     return Recipe.model_validate(raw)
 

@@ -58,7 +58,7 @@ def summarize(results: list[dict]) -> list[dict]:
     """One row per arch x pruner x target sparsity (dense baselines included, pruner 'dense')."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in results:
-        groups[(r["arch"], r.get("pruner") or DENSE, round(float(r.get("target_sparsity") or 0.0), 6))].append(r)
+        groups[(r["arch"], r.get("label") or r.get("pruner") or DENSE, round(float(r.get("target_sparsity") or 0.0), 6))].append(r)
     dense = {}
     for (arch, pruner, _), members in groups.items():
         if pruner == DENSE:

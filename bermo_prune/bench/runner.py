@@ -93,7 +93,7 @@ def execute_run(spec: SweepSpec, run: Run, out_dir: Path, progress: bool = False
             "traceback": traceback.format_exc(),
             "wall_time_s": time.time() - started,
         }
-    return {**base, **report, "pruner": run.pruner}
+    return {**base, **report, "pruner": run.pruner, **({"label": run.label} if run.label else {})}
 
 
 def _worker(spec_json: str, run_json: str, out_dir: str, threads: int) -> str:

@@ -51,10 +51,13 @@ class Run(BaseModel):
     pruner: str
     sparsity: float
     seed: int
+    # Names the run's recipe when two recipes of the sweep use the same pruner (movement with
+    # accumulated and with learned scores), so that their run ids and report rows stay apart.
+    label: str | None = None
 
     @property
     def run_id(self) -> str:
-        return f"{self.arch}-{self.pruner}-s{self.sparsity:g}-seed{self.seed}"
+        return f"{self.arch}-{self.label or self.pruner}-s{self.sparsity:g}-seed{self.seed}"
 
 
 def load_spec(path: str | Path) -> SweepSpec:
@@ -120,21 +123,31 @@ def start_training(spec: SweepSpec) -> TrainingSpec:
     return TrainingSpec.model_validate(spec.start.training)
 
 
+def recipe_label(name: str, task: str) -> str:
+    """A recipe's name without its folder, suffix and task prefix: sst2-movement-learned -> movement-learned."""
+    stem = Path(name).stem
+    prefix = f"{task.replace('-', '').lower()}-"
+    return stem[len(prefix):] if stem.lower().startswith(prefix) and len(stem) > len(prefix) else stem
+
+
 def expand(spec: SweepSpec) -> list[Run]:
     """Every run of the sweep, in a stable order (the order shards are cut from): seed-major and
     arch-innermost, so a sweep stopped half-way has whole seeds done with BERT and BERMo paired."""
     runs = []
+    pruners = {name: spec_recipe(spec, name, 0.5).pruner.name for name in spec.recipes if name != DENSE}
+    shared = {p for p in pruners.values() if list(pruners.values()).count(p) > 1}
     for arch in spec.archs:
         for name in spec.recipes:
             if name == DENSE:
                 runs += [Run(arch=arch, recipe=DENSE, pruner=DENSE, sparsity=0.0, seed=seed) for seed in spec.seeds]
                 continue
-            pruner = spec_recipe(spec, name, 0.5).pruner.name
+            pruner = pruners[name]
+            label = recipe_label(name, spec.task) if pruner in shared else None
             for sparsity in spec.sparsities:
                 seeds = list(spec.seeds)
                 extra = spec.seeds_at_high_sparsity
                 if extra is not None and sparsity >= extra.min_sparsity:
                     seeds += [s for s in extra.seeds if s not in seeds]
-                runs += [Run(arch=arch, recipe=name, pruner=pruner, sparsity=sparsity, seed=seed) for seed in seeds]
+                runs += [Run(arch=arch, recipe=name, pruner=pruner, sparsity=sparsity, seed=seed, label=label) for seed in seeds]
     order = {name: i for i, name in enumerate(spec.recipes)}
     return sorted(runs, key=lambda r: (r.seed, order[r.recipe], r.sparsity, spec.archs.index(r.arch)))
