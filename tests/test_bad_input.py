@@ -128,3 +128,35 @@ def test_read_only_parent_dir(tiny_checkpoint, tiny_glue, tmp_path):
         assert not any(locked.iterdir())
     finally:
         locked.chmod(0o755)
+
+
+# --- tokenizers that do not fit the model -----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bad_tokenizers(tmp_path_factory, tiny_checkpoint) -> dict[str, Path]:
+    """A checkpoint whose tokenizer files were deleted, and one with a foreign 5-token vocabulary:
+    transformers would load either without complaint and turn every word into [UNK]."""
+    root = tmp_path_factory.mktemp("tokenizers")
+    missing = root / "no-tokenizer"
+    shutil.copytree(tiny_checkpoint, missing)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        (missing / name).unlink(missing_ok=True)
+    foreign = root / "foreign-tokenizer"
+    shutil.copytree(missing, foreign)
+    (foreign / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\n")
+    return {"missing": missing, "foreign": foreign}
+
+
+@pytest.mark.parametrize("kind", ["missing", "foreign"])
+@pytest.mark.parametrize("command", ["evaluate", "prune", "inspect"])
+def test_a_tokenizer_that_does_not_fit_the_model_is_refused(bad_tokenizers, tiny_glue, tmp_path, kind, command):
+    checkpoint = bad_tokenizers[kind]
+    args = {
+        "evaluate": ("evaluate", checkpoint, "--task", "sst2", "--data", tiny_glue),
+        "prune": ("prune", checkpoint, "--recipe", RECIPES / "sst2-magnitude.yaml", "--task", "sst2", "--data",
+                  tiny_glue, "--out", tmp_path / "out", "--epochs", "1", "--max-train-samples", "16"),
+        "inspect": ("inspect", checkpoint),
+    }[command]
+    assert_user_error(run(*args), "tokenizer")
+    assert not (tmp_path / "out" / "model.safetensors").exists()

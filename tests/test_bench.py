@@ -164,7 +164,7 @@ def test_start_from_a_dense_finetune(tmp_path, tiny_checkpoint, tiny_glue):
         ({"sparsities": [1.0]}, "sparsities"),
         ({"archs": ["gpt"]}, "archs"),
         ({"recipes": ["no-such-recipe"]}, "no-such-recipe"),
-        ({"recipes": ["sst2-magnitude", "sst2-demo"]}, "both use pruner magnitude"),
+        ({"recipes": ["sst2-magnitude", str(RECIPES / "sst2-magnitude.yaml")]}, "would both name their runs 'magnitude'"),
         ({"seeds": "zero"}, "seeds"),
         ({"training": {"epochs": -1}}, "training.epochs"),
     ],
@@ -177,6 +177,14 @@ def test_malformed_spec_is_a_one_line_error(tmp_path, tiny_checkpoint, tiny_glue
     errors = [line for line in result.output.splitlines() if line.startswith("Error: ")]
     assert len(errors) == 1 and fragment in errors[0], result.output
     assert not (tmp_path / "out" / "runs").exists() or not any((tmp_path / "out" / "runs").iterdir())
+
+
+def test_two_recipes_of_one_pruner_are_runs_and_rows_of_their_own(tmp_path, tiny_checkpoint, tiny_glue):
+    spec = load_spec(write_spec(tmp_path / "spec.yaml", tiny_checkpoint, tiny_glue,
+                                recipes=["sst2-movement", "sst2-movement-learned", "sst2-magnitude"]))
+    ids = {run.run_id for run in expand(spec)}
+    assert {"bert-movement-s0.5-seed0", "bert-movement-learned-s0.5-seed0", "bert-magnitude-s0.5-seed0"} <= ids
+    assert len(ids) == len(expand(spec))
 
 
 def test_bad_shard_is_a_user_error(tmp_path, tiny_checkpoint, tiny_glue):

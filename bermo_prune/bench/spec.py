@@ -94,18 +94,20 @@ def load_spec(path: str | Path) -> SweepSpec:
         except ValidationError as exc:
             err = exc.errors()[0]
             raise BermoPruneError(f"{where}: {section}.{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
-    recipe_of_pruner: dict[str, str] = {}
     for name in spec.recipes:
         if name != DENSE:
             try:
-                pruner = spec_recipe(spec, name, 0.5).pruner.name
+                spec_recipe(spec, name, 0.5)
             except BermoPruneError as exc:
                 raise BermoPruneError(f"{where}: recipes: {exc}") from None
-            # runs and report rows are named by pruner: two recipes of one pruner would overwrite each other
-            if pruner in recipe_of_pruner:
-                raise BermoPruneError(f"{where}: recipes: {recipe_of_pruner[pruner]} and {name} both use pruner "
-                                      f"{pruner}; a sweep compares pruners, so put them in separate sweeps")
-            recipe_of_pruner[pruner] = name
+    # Runs and report rows are named by pruner, or by recipe where two recipes share a pruner: two
+    # runs of one name would overwrite each other.
+    names: dict[str, str] = {}
+    for run in expand(spec):
+        name = run.label or run.pruner
+        if names.setdefault(name, run.recipe) != run.recipe:
+            raise BermoPruneError(f"{where}: recipes: {names[name]} and {run.recipe} would both name their runs "
+                                  f"{name!r}; give one recipe file another name")
     return spec
 
 

@@ -72,7 +72,7 @@ def load_classifier(checkpoint: str | Path, arch: str | None = None, num_labels:
             raise BermoPruneError(f"{checkpoint} is a compacted BERT checkpoint; it cannot be loaded as {arch}")
         head = {} if num_labels is None else {"num_labels": num_labels}
         model = _load(CompactBertForSequenceClassification, checkpoint, **head)
-        return model, _hub_call(checkpoint, lambda: AutoTokenizer.from_pretrained(checkpoint))
+        return model, load_tokenizer(checkpoint, model)
     arch = arch or native
     if arch not in ARCHS:
         raise BermoPruneError(f"unknown arch {arch!r}; choose from {', '.join(ARCHS)}")
@@ -87,8 +87,29 @@ def load_classifier(checkpoint: str | Path, arch: str | None = None, num_labels:
         model = _load(BermoForSequenceClassification, checkpoint, config=config)
     else:
         model = _load(BermoForSequenceClassification, checkpoint, **head)
+    return model, load_tokenizer(checkpoint, model)
+
+
+# Tokenizer files transformers reads for a BERT tokenizer; a local checkpoint needs one of them.
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
+# A model's vocabulary may be padded beyond its tokenizer (rounded up for speed), never by this much.
+VOCABULARY_SLACK = 0.9
+
+
+def load_tokenizer(checkpoint: str, model):
+    """The checkpoint's tokenizer, refused when it cannot be the model's: without tokenizer files
+    transformers 5 builds a BertTokenizer of a handful of tokens and every word becomes [UNK], so
+    a model would be scored (or trained) on nothing, silently."""
+    local = Path(checkpoint)
+    if local.is_dir() and not any((local / name).is_file() for name in TOKENIZER_FILES):
+        raise BermoPruneError(f"{checkpoint}: no tokenizer files ({' or '.join(TOKENIZER_FILES)}); copy them from the "
+                              "base model's folder into the checkpoint")
     tokenizer = _hub_call(checkpoint, lambda: AutoTokenizer.from_pretrained(checkpoint))
-    return model, tokenizer
+    rows = model.get_input_embeddings().weight.shape[0]
+    if not VOCABULARY_SLACK * rows <= len(tokenizer) <= rows:
+        raise BermoPruneError(f"{checkpoint}: its tokenizer has {len(tokenizer):,} tokens but the model's embedding has "
+                              f"{rows:,} rows: not this model's tokenizer; copy the base model's tokenizer files into it")
+    return tokenizer
 
 
 def _load(model_class, checkpoint: str, **kwargs):
