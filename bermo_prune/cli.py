@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import click
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -385,10 +386,13 @@ def _report(results_dir, report_dir) -> None:
     console.print("wrote " + ", ".join(str(p) for p in files.values()))
 
 
-def _print_run_table(reports: list[dict]) -> None:
-    table = Table(title="dev results")
-    for column in ("arch", "pruner", "target", "sparsity", "metric", "status", "steps", "ex/s"):
-        table.add_column(column, justify="left" if column in ("arch", "pruner", "status") else "right")
+def run_table(reports: list[dict]) -> Table:
+    """The dev results of runs, one line each in an 80-column terminal (the metric's name is in the
+    title; columns are set apart by one space, without rules)."""
+    metrics = "/".join(sorted({r["main_metric"] for r in reports}))
+    table = Table(title=f"dev results ({metrics})", box=box.SIMPLE_HEAD, padding=0, show_edge=False)
+    for column in ("arch", "pruner", "target", "sparsity", "dev", "status", "steps", "ex/s"):
+        table.add_column(column, justify="left" if column in ("arch", "pruner", "status") else "right", no_wrap=True)
     for r in reports:
         main_value = r["metrics"].get(r["main_metric"])
         table.add_row(
@@ -396,12 +400,16 @@ def _print_run_table(reports: list[dict]) -> None:
             r["pruner"] or "dense",
             f"{r['target_sparsity']:.0%}",
             f"{r['sparsity']['targeted']:.2%}",
-            f"{r['main_metric']} {main_value:.4f}" if main_value is not None else "-",
+            f"{main_value:.4f}" if main_value is not None else "-",
             r["status"] if r["status"] == "ok" else f"[{STATUS_COLOURS.get(r['status'], 'red')}]{r['status']}[/]",
             str(r["steps"]),
             f"{r['train_examples_per_s']:.0f}",
         )
-    console.print(table)
+    return table
+
+
+def _print_run_table(reports: list[dict]) -> None:
+    console.print(run_table(reports))
 
 
 @main.command()

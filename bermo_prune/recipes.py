@@ -228,13 +228,28 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Re
         raise BermoPruneError(f"{where}: empty recipe")
     if not isinstance(raw, dict):
         raise BermoPruneError(f"{where}: top level must be a mapping of keys (got a {type(raw).__name__})")
+    own_target = raw.get("target_sparsity")
     for key, value in (overrides or {}).items():
         _set_dotted(raw, key, value, where)
     raw.setdefault("name", Path(path).stem)
     try:
-        return Recipe.model_validate(raw)
+        recipe = Recipe.model_validate(raw)
     except ValidationError as e:
         raise BermoPruneError(f"{where}: " + "; ".join(f"{p}: {m}" for p, m in _problems(e))) from None
+    _refuse_ignored_target(recipe, own_target, overrides or {}, where)
+    return recipe
+
+
+def _refuse_ignored_target(recipe: Recipe, own_target, overrides: dict, where: str) -> None:
+    """A structured recipe that fixes both its head and its neuron fraction prunes those whatever
+    ``target_sparsity`` says: an override of the target would be recorded, and silently not done."""
+    options = recipe.pruner.options
+    fixed = [f"{k} {getattr(options, k)}" for k in ("head_sparsity", "neuron_sparsity") if getattr(options, k, None) is not None]
+    if "target_sparsity" in overrides and len(fixed) == 2 and overrides["target_sparsity"] != own_target:
+        raise BermoPruneError(
+            f"{where}: the recipe fixes {' and '.join(fixed)}, which decide what is pruned, so a target_sparsity of "
+            f"{overrides['target_sparsity']} would be ignored; override pruner.options.head_sparsity and "
+            "neuron_sparsity in a copy of the recipe instead, or remove them from it")
 
 
 def _set_dotted(raw: dict, key: str, value: Any, where: str) -> None:

@@ -160,3 +160,23 @@ def test_a_tokenizer_that_does_not_fit_the_model_is_refused(bad_tokenizers, tiny
     }[command]
     assert_user_error(run(*args), "tokenizer")
     assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_a_target_that_a_structured_recipe_would_ignore_is_refused(tiny_checkpoint, tiny_glue, tmp_path):
+    structured = RECIPES / "sst2-structured-magnitude.yaml"
+    result = run("prune", tiny_checkpoint, "--recipe", structured, "--task", "sst2", "--data", tiny_glue,
+                 "--out", tmp_path / "out", "--target-sparsity", "0.9", "--epochs", "1", "--max-train-samples", "16")
+    assert_user_error(result, "would be ignored")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({"name": "s", "checkpoint": str(tiny_checkpoint), "data": str(tiny_glue),
+                                    "recipes": [str(structured)], "sparsities": [0.9]}))
+    assert_user_error(run("bench", spec, "--out", tmp_path / "sweep"), "would be ignored")
+
+
+def test_a_structured_recipe_at_its_own_target_is_accepted():
+    from bermo_prune.recipes import load_recipe
+
+    structured = RECIPES / "sst2-structured-magnitude.yaml"
+    assert load_recipe(structured, {"target_sparsity": 0.75}).target_sparsity == 0.75
+    assert load_recipe(RECIPES / "sst2-magnitude.yaml", {"target_sparsity": 0.5}).target_sparsity == 0.5

@@ -323,3 +323,25 @@ def test_evaluate_missing_path(tiny_glue, tmp_path):
     missing = tmp_path / "nowhere"
     assert_user_error(run("evaluate", missing, "--data", tiny_glue), "no such model directory")
     assert_user_error(run("inspect", missing), "no such model directory")
+
+
+def test_the_result_table_fits_an_80_column_terminal():
+    from io import StringIO
+
+    from rich.console import Console
+
+    from bermo_prune.cli import run_table
+
+    def report(arch, pruner, status):
+        return {"arch": arch, "pruner": pruner, "target_sparsity": 0.9, "sparsity": {"targeted": 0.9},
+                "main_metric": "accuracy", "metrics": {"accuracy": 0.78211}, "status": status, "steps": 12500,
+                "train_examples_per_s": 145.2}
+
+    out = StringIO()
+    reports = [report("bermo", "head_neuron_magnitude", "off_schedule"), report("bert", None, "ok")]
+    reports[1]["main_metric"], reports[1]["metrics"] = "matthews_correlation", {"matthews_correlation": 0.5}
+    Console(file=out, width=80, color_system=None).print(run_table(reports))
+    lines = out.getvalue().splitlines()
+    assert max(len(line) for line in lines) <= 80
+    rows = [line for line in lines if line.lstrip().startswith(("bermo", "bert"))]
+    assert len(rows) == 2 and "0.7821" in rows[0] and "off_schedule" in rows[0] and "head_neuron_magnitude" in rows[0]

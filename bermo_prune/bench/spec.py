@@ -97,7 +97,8 @@ def load_spec(path: str | Path) -> SweepSpec:
     for name in spec.recipes:
         if name != DENSE:
             try:
-                spec_recipe(spec, name, 0.5)
+                for sparsity in [None, *spec.sparsities]:  # every point of the sweep, before any run
+                    spec_recipe(spec, name, sparsity)
             except BermoPruneError as exc:
                 raise BermoPruneError(f"{where}: recipes: {exc}") from None
     # Runs and report rows are named by pruner, or by recipe where two recipes share a pruner: two
@@ -111,9 +112,12 @@ def load_spec(path: str | Path) -> SweepSpec:
     return spec
 
 
-def spec_recipe(spec: SweepSpec, name: str, sparsity: float) -> Recipe:
-    """The recipe at one sweep point, with the spec's shared training budget applied."""
-    overrides = {"target_sparsity": sparsity, **{f"training.{k}": v for k, v in spec.training.items()}}
+def spec_recipe(spec: SweepSpec, name: str, sparsity: float | None) -> Recipe:
+    """The recipe at one sweep point, with the spec's shared training budget applied (at its own
+    target sparsity when ``sparsity`` is None)."""
+    overrides = {f"training.{k}": v for k, v in spec.training.items()}
+    if sparsity is not None:
+        overrides["target_sparsity"] = sparsity
     return load_recipe(resolve_recipe(name), overrides)
 
 
@@ -136,7 +140,7 @@ def expand(spec: SweepSpec) -> list[Run]:
     """Every run of the sweep, in a stable order (the order shards are cut from): seed-major and
     arch-innermost, so a sweep stopped half-way has whole seeds done with BERT and BERMo paired."""
     runs = []
-    pruners = {name: spec_recipe(spec, name, 0.5).pruner.name for name in spec.recipes if name != DENSE}
+    pruners = {name: spec_recipe(spec, name, None).pruner.name for name in spec.recipes if name != DENSE}
     shared = {p for p in pruners.values() if list(pruners.values()).count(p) > 1}
     for arch in spec.archs:
         for name in spec.recipes:
