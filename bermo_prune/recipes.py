@@ -199,7 +199,8 @@ def recipe_dirs() -> list[Path]:
 def resolve_recipe(name: str | Path) -> Path:
     """A recipe file path, or the name of a bundled recipe (``sst2-movement``)."""
     path = Path(name)
-    if path.exists() or path.suffix in (".yaml", ".yml") and len(path.parts) > 1:
+    # A folder of that name (an earlier --out, say) is not a recipe: look for the bundled one.
+    if path.is_file() or path.suffix in (".yaml", ".yml") and len(path.parts) > 1:
         return path
     for folder in recipe_dirs():
         for candidate in (folder / f"{name}.yaml", folder / str(name)):

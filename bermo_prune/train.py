@@ -225,6 +225,8 @@ class PruningTrainer(Trainer):
         safetensors.torch.load_model(model or self.model, os.path.join(resume_from_checkpoint, "model.safetensors"))
 
     def create_optimizer(self, model=None):
+        if self.optimizer is not None:  # built already (the Trainer may ask twice): its groups are in it
+            return self.optimizer
         optimizer = super().create_optimizer(model)
         groups = self.pruner.param_groups() if self.pruner is not None else []
         mix = [p for n, p in self.model.named_parameters() if n.startswith("scalar_mix.")]

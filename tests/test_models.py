@@ -294,3 +294,19 @@ def test_a_half_precision_checkpoint_loads_in_float32_and_prunes(tmp_path, tiny_
     pruner.attach(loaded, total_steps=10)
     logits = loaded(input_ids=torch.tensor([[101, 2023, 102]])).logits  # float32 masks on float32 weights
     assert logits.dtype == torch.float32 and torch.isfinite(logits).all()
+
+
+def test_bermo_returns_a_tuple_when_asked():
+    import torch
+
+    from bermo_prune.models import BermoConfig, BermoForSequenceClassification
+    from conftest import tiny_config
+
+    torch.manual_seed(0)
+    model = BermoForSequenceClassification(BermoConfig.from_bert_config(tiny_config(), num_labels=2)).eval()
+    ids = torch.randint(1000, 2000, (2, 7))
+    labels = torch.tensor([0, 1])
+    as_dict = model(input_ids=ids, labels=labels)
+    loss, logits = model(input_ids=ids, labels=labels, return_dict=False)[:2]
+    assert torch.equal(logits, as_dict.logits) and torch.equal(loss, as_dict.loss)
+    assert torch.equal(model(input_ids=ids, return_dict=False)[0], as_dict.logits)

@@ -548,3 +548,20 @@ def test_large_in_window_updates_use_a_close_sampled_threshold():
     assert zeros(topk_masks(scores, 0.7, "global", exact=True)) == round(0.7 * n)
     ties = {name: torch.zeros_like(s) for name, s in scores.items()}  # a sample cannot cut ties
     assert zeros(topk_masks(ties, 0.7, "global", exact=False)) == round(0.7 * n)
+
+
+def test_the_trainer_builds_the_pruners_optimizer_groups_once(tmp_path):
+    from transformers import TrainingArguments
+
+    from bermo_prune.recipes import DivergenceSpec
+    from bermo_prune.train import DivergenceGuard, PruningTrainer
+
+    model = tiny_bert()
+    pruner = get_pruner_class("l0")(recipe("l0"))
+    pruner.attach(model, TOTAL_STEPS)
+    trainer = PruningTrainer(model=model, args=TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True),
+                             pruner=pruner, guard=DivergenceGuard(DivergenceSpec()), mix_learning_rate=1e-3)
+    first = trainer.create_optimizer()
+    assert trainer.create_optimizer() is first
+    gates = {id(p) for p in pruner.param_groups()[0]["params"]}
+    assert sum(id(p) in gates for g in first.param_groups for p in g["params"]) == len(gates)

@@ -202,3 +202,11 @@ def test_plot_recipe_writes_png(tmp_path, penalty):
     out = tmp_path / "plots" / "recipe.png"
     plot_recipe(recipe, total_steps=5000, path=out)
     assert out.read_bytes().startswith(b"\x89PNG") and out.stat().st_size > 1000
+
+
+def test_a_folder_named_like_a_bundled_recipe_is_not_read_as_one(tmp_path, monkeypatch):
+    from bermo_prune.recipes import resolve_recipe
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sst2-movement").mkdir()  # e.g. an earlier --out
+    assert resolve_recipe("sst2-movement").name == "sst2-movement.yaml"

@@ -115,8 +115,9 @@ class BermoForSequenceClassification(BertPreTrainedModel):
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
         **kwargs,
-    ) -> SequenceClassifierOutput:
+    ) -> SequenceClassifierOutput | tuple:
         outputs = self.bert(
             input_ids,
             attention_mask=attention_mask,
@@ -134,12 +135,14 @@ class BermoForSequenceClassification(BertPreTrainedModel):
         pooled = self._pool(mixed, attention_mask)
         logits = self.classifier(self.dropout(pooled))
         loss = sequence_classification_loss(self.config, logits, labels) if labels is not None else None
-        return SequenceClassifierOutput(
+        output = SequenceClassifierOutput(
             loss=loss,
             logits=logits,
             hidden_states=outputs.hidden_states if output_hidden_states else None,
             attentions=outputs.attentions,
         )
+        # return_dict=False: the plain tuple BertForSequenceClassification gives, (loss,) logits, ...
+        return output if return_dict is not False else output.to_tuple()
 
     def _pool(self, mixed: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         pooler = self.bert.pooler
