@@ -6,10 +6,13 @@ Fine-tunes the pretrained MiniLM-L6 (BERT) on 8,000 SST-2 examples (bs 32, len 6
 score S = -sum_t dL/dW * W of every encoder Linear weight, without masking. At the given steps it
 applies one-shot per-layer masks (no retraining) from: accumulated movement scores (from step 0,
 and from the end of the learning-rate warm-up on), the same scores divided by |W| (the direction
-alone), Adam-normalised scores (what ``scores: learned`` trains), the weights' actual movement
-W * (W - W_0), |W|, and uniform random scores; and records dev accuracy, the median |W|
-percentile of the weights each score prunes, and how concentrated the pruning is in a few input
-columns (the share of the pruned weights that fall in the 5% of columns that lose most).
+alone), the sign consistency S / sum_t |dL/dW * W|, Adam-normalised scores (what ``scores:
+learned`` trains), the weights' actual movement W * (W - W_0), movement reversed (pruning the
+weights that move *away* from zero), |S| (pruning the weights that moved least in either
+direction: the first-order saliency |sum_t dL/dW * W| of Molchanov et al.), |W|, and uniform
+random scores; and records dev accuracy, the median |W| percentile of the weights each score
+prunes, and how concentrated the pruning is in a few input columns (the share of the pruned
+weights that fall in the 5% of columns that lose most).
 
     OMP_NUM_THREADS=2 python benchmarks/diagnose_movement.py --out benchmarks/results/movement_diagnosis
 """
@@ -90,8 +93,8 @@ def column_concentration(masks) -> float:
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
-    parser.add_argument("--steps", default="50,100,250")
-    parser.add_argument("--sparsities", default="0.1,0.5")
+    parser.add_argument("--steps", default="50,150")
+    parser.add_argument("--sparsities", default="0.1,0.3,0.5")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     checkpoints = sorted(int(s) for s in args.steps.split(","))
@@ -105,6 +108,7 @@ def main():
     modules = select_modules(model, [DEFAULT_INCLUDE])
     scores = {name: torch.zeros_like(m.weight) for name, m in modules.items()}
     late = {name: torch.zeros_like(m.weight) for name, m in modules.items()}
+    absolute = {name: torch.zeros_like(m.weight) for name, m in modules.items()}
     adam_m = {name: torch.zeros_like(m.weight) for name, m in modules.items()}
     adam_v = {name: torch.zeros_like(m.weight) for name, m in modules.items()}
     adam_s = {name: torch.zeros_like(m.weight) for name, m in modules.items()}
@@ -128,6 +132,7 @@ def main():
                 for name, m in modules.items():
                     movement = m.weight.grad * m.weight
                     scores[name].sub_(movement)
+                    absolute[name].add_(movement.abs())
                     if step >= warmup:
                         late[name].sub_(movement)
                     adam_m[name].mul_(0.9).add_(movement, alpha=0.1)
@@ -145,6 +150,9 @@ def main():
                 kinds = {
                     "movement": scores,
                     "movement_direction": {n: s / (weights[n].abs() + 1e-12) for n, s in scores.items()},
+                    "sign_consistency": {n: s / (absolute[n] + 1e-20) for n, s in scores.items()},
+                    "movement_reversed": {n: -s for n, s in scores.items()},
+                    "movement_abs": {n: s.abs() for n, s in scores.items()},
                     "movement_after_warmup": late,
                     "movement_adam": adam_s,
                     "actual_movement": {n: w * (w - start_weights[n]) for n, w in weights.items()},

@@ -150,7 +150,8 @@ class Pruner:
         if plan["score_steps"] is not None and plan["score_steps"] < self.min_score_steps:
             plan["warnings"].append(
                 f"{self.name}: its scores train for only {plan['score_steps']} optimizer steps before the first mask "
-                f"(at least {self.min_score_steps} advised); with fewer the masks are chosen from noise")
+                f"(at least {self.min_score_steps} advised); masks from fewer steps of scores can be worse than random ones "
+                f"(see the {self.name} pruner's documentation)")
         return plan
 
     def param_groups(self) -> list[dict]:
