@@ -85,14 +85,14 @@ class HeadNeuronL0Pruner(StructuredPruner):
             n_weights += 4 * layer.q.out_features * hidden + 2 * layer.num_neurons * hidden
         return 1 - heads / n_heads, 1 - neurons / n_neurons, 1 - weights / n_weights
 
-    def penalty(self):
+    def loss_terms(self):
         if self.frozen:
-            return None
+            return {}
         s_heads, s_neurons, s_weights = self.expected_sparsities()
-        loss = s_weights.new_zeros(())
+        terms = {}
         weight = self.current_penalty_weight()
         if weight:
-            loss = loss + weight * (1 - s_weights)
+            terms["penalty"] = weight * (1 - s_weights)
         # Before the window the target is 0 and the multipliers would only learn to hold the gates
         # open, which delays the pruning once the window opens.
         if self.options.lagrangian and self.step >= self.schedule.start_step:
@@ -100,8 +100,8 @@ class HeadNeuronL0Pruner(StructuredPruner):
             progress = min(1.0, self.schedule(self.step) / target) if target > 0 else 1.0
             head_target, neuron_target = self.targets()
             gap = torch.stack([s_heads - head_target * progress, s_neurons - neuron_target * progress])
-            loss = loss + (self.lambda_1 * gap).sum() + (self.lambda_2 * gap * gap).sum()
-        return loss
+            terms["lagrangian"] = (self.lambda_1 * gap).sum() + (self.lambda_2 * gap * gap).sum()
+        return terms
 
     def update(self, sparsity):
         pass  # the Lagrangian follows the schedule every step; masks are fixed when the window closes
