@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 from rich import box
 from rich.console import Console
 from rich.markup import escape
@@ -107,7 +109,7 @@ def finetune(checkpoint, arch, task, data_dir, epochs, lr, batch_size, max_lengt
         epochs=epochs, learning_rate=lr, batch_size=batch_size, max_length=max_length, max_train_samples=max_train_samples
     )
     report = runs.finetune(checkpoint, arch, task, out, training, seed=seed, data_dir=data_dir, overwrite=overwrite,
-                           resume=resume, checkpoint_every=checkpoint_every)
+                           resume=resume, checkpoint_every=checkpoint_every, command=_invocation())
     if is_main_process():
         _print_run_table([report])
         console.print(f"saved to [bold]{out}[/]")
@@ -149,7 +151,7 @@ def prune_command(
     recipe = load_recipe(resolve_recipe(recipe_path), overrides)
     report = runs.prune(
         checkpoint, recipe, task, out, arch=arch, seed=seed, data_dir=data_dir, overwrite=overwrite, compact=compact_model,
-        resume=resume, checkpoint_every=checkpoint_every, on_plan=_print_plan,
+        resume=resume, checkpoint_every=checkpoint_every, on_plan=_print_plan, command=_invocation(),
     )
     if not is_main_process():
         return
@@ -306,6 +308,23 @@ def recipe_check(path, task, train_examples):
     _print_plan(pruner.plan(), f"{examples:,} examples ({source}), one process")
 
 
+def _invocation() -> str:
+    """The command line of the running command, as the user typed it (the options they set)."""
+    ctx = click.get_current_context()
+    parts = ["bermo-prune", ctx.info_name]
+    for param in ctx.command.params:
+        if ctx.get_parameter_source(param.name) != ParameterSource.COMMANDLINE:
+            continue
+        value = ctx.params[param.name]
+        if isinstance(param, click.Argument):
+            parts += [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]
+        elif getattr(param, "is_flag", False):
+            parts.append(param.opts[0] if value else (param.secondary_opts or param.opts)[0])
+        else:
+            parts += [param.opts[0], str(value)]
+    return shlex.join(parts)
+
+
 def _steps(count: int, noun: str = "step") -> str:
     return f"{count:,} {noun}{'' if count == 1 else 's'}"
 
@@ -419,7 +438,7 @@ def compact(checkpoint, out, overwrite):
     """Remove pruned attention heads and FFN neurons for real: a smaller, faster checkpoint."""
     from bermo_prune.compact import compact_checkpoint
 
-    report = compact_checkpoint(checkpoint, out, overwrite=overwrite)
+    report = compact_checkpoint(checkpoint, out, overwrite=overwrite, command=_invocation())
     table = Table(title=f"compacted {report['arch']}: {report['parameters_before']:,} -> {report['parameters_after']:,} parameters")
     for column in ("layer", "heads", "intermediate"):
         table.add_column(column, justify="right")

@@ -16,6 +16,7 @@ and loaded strictly, so a compacted model in memory is exactly what ``from_pretr
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from transformers import BertForSequenceClassification
 
 from bermo_prune.errors import BermoPruneError
 from bermo_prune.io import staged_output, write_json_atomic
+from bermo_prune.model_card import write_compaction_card, write_model_card
 from bermo_prune.models import BermoConfig, BermoForSequenceClassification, load_classifier, resolve_checkpoint
 from bermo_prune.models.compact_shapes import CompactBertConfig, CompactBertForSequenceClassification, EmptySelfAttention
 
@@ -106,7 +108,7 @@ def load_checkpoint(checkpoint: str | Path):
     return load_classifier(checkpoint, None, num_labels=None)
 
 
-def compact_checkpoint(checkpoint: str | Path, out: str | Path, overwrite: bool = False) -> dict:
+def compact_checkpoint(checkpoint: str | Path, out: str | Path, overwrite: bool = False, command: str | None = None) -> dict:
     """Load, compact and save ``checkpoint`` into ``out`` (atomically) with ``compaction_report.json``."""
     model, tokenizer = load_checkpoint(checkpoint)
     model.eval()
@@ -117,6 +119,7 @@ def compact_checkpoint(checkpoint: str | Path, out: str | Path, overwrite: bool 
         "arch": compacted.config.model_type,
         "parameters_before": params_before,
         "parameters_after": sum(p.numel() for p in compacted.parameters()),
+        **({"command": command} if command else {}),
         "layers": [{"heads_before": b["heads"], "heads_after": a["heads"], "intermediate_before": b["intermediate"],
                     "intermediate_after": a["intermediate"]} for b, a in zip(before, structure(compacted))],
     }
@@ -128,4 +131,11 @@ def compact_checkpoint(checkpoint: str | Path, out: str | Path, overwrite: bool 
             if source.is_file():
                 shutil.copy2(source, stage / name)
         write_json_atomic(stage / "compaction_report.json", report)
+        pruned = stage / "pruning_report.json"
+        if pruned.is_file():  # the card of the pruned run, with the compaction added
+            run = json.loads(pruned.read_text())
+            compacted_run = {**run, "compacted": {"parameters": report["parameters_after"], "layers": report["layers"]}}
+            write_model_card(stage, {**compacted_run, **({"command": command} if command else {})})
+        else:
+            write_compaction_card(stage, report)
     return report

@@ -15,6 +15,7 @@ import bermo_prune
 from bermo_prune.data import compute_metrics, get_task, load_split, tokenize_dataset
 from bermo_prune.errors import BermoPruneError
 from bermo_prune.io import resumable_output, work_dir_for, write_json_atomic
+from bermo_prune.model_card import write_model_card
 from bermo_prune.models import load_classifier
 from bermo_prune.models.load import COMPACT_BERT, checkpoint_arch, resolve_checkpoint
 from bermo_prune.pruning.distributed import is_main_process
@@ -49,10 +50,13 @@ def finetune(
     progress: bool = True,
     resume: bool = False,
     checkpoint_every: int = 0,
+    command: str | None = None,
 ) -> dict:
-    """Dense fine-tuning; writes the checkpoint and ``metrics.json`` into ``out`` (nothing if None)."""
+    """Dense fine-tuning; writes the checkpoint and ``metrics.json`` into ``out`` (nothing if None).
+    ``command`` (the command line that asked for it) goes into the report and the model card."""
     return _run(checkpoint, arch, task, out, training, None, seed=seed, data_dir=data_dir, overwrite=overwrite,
-                progress=progress, report_name="metrics.json", resume=resume, checkpoint_every=checkpoint_every)
+                progress=progress, report_name="metrics.json", resume=resume, checkpoint_every=checkpoint_every,
+                command=command)
 
 
 def prune(
@@ -70,6 +74,7 @@ def prune(
     resume: bool = False,
     checkpoint_every: int = 0,
     on_plan=None,
+    command: str | None = None,
 ) -> dict:
     """Fine-tune with pruning per ``recipe``; writes the finalised checkpoint and
     ``pruning_report.json`` into ``out`` (nothing if None). With ``compact``, the saved
@@ -79,11 +84,11 @@ def prune(
     report records it as ``plan`` either way."""
     return _run(checkpoint, arch, task, out, recipe.training, recipe, seed=seed, data_dir=data_dir, overwrite=overwrite,
                 progress=progress, report_name="pruning_report.json", compact=compact, resume=resume,
-                checkpoint_every=checkpoint_every, on_plan=on_plan)
+                checkpoint_every=checkpoint_every, on_plan=on_plan, command=command)
 
 
 def _run(checkpoint, arch, task, out, training, recipe, *, seed, data_dir, overwrite, progress, report_name,
-         compact=False, resume=False, checkpoint_every=0, on_plan=None):
+         compact=False, resume=False, checkpoint_every=0, on_plan=None, command=None):
     """Train in the work dir of ``out`` (or a throw-away dir when ``out`` is None); only the
     main process writes when several train together."""
     def train(workdir, resume=False):
@@ -104,6 +109,8 @@ def _run(checkpoint, arch, task, out, training, recipe, *, seed, data_dir, overw
         _check_same_settings(work / RUN_SETTINGS, settings)
         write_json_atomic(work / RUN_SETTINGS, settings)
         report, model, tokenizer = train(work, resume)
+        if command:
+            report["command"] = command
         (work / RUN_SETTINGS).unlink()
         if compact:
             from bermo_prune.compact import compact as compact_model, structure
@@ -113,6 +120,7 @@ def _run(checkpoint, arch, task, out, training, recipe, *, seed, data_dir, overw
         model.save_pretrained(work)
         tokenizer.save_pretrained(work)
         write_json_atomic(work / report_name, report)
+        write_model_card(work, report)
     return report
 
 
