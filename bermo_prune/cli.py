@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from bermo_prune.errors import BermoPruneError
+from bermo_prune.io import quiet_libraries
 
 console = Console()
 err_console = Console(stderr=True)
@@ -40,22 +40,11 @@ class BermoGroup(click.Group):
             raise UserError(str(exc)) from None
 
 
-def _quiet_libraries() -> None:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import datasets
-    import transformers
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    datasets.disable_progress_bars()
-    datasets.logging.set_verbosity_error()
-
-
 @click.group(cls=BermoGroup)
 @click.version_option(package_name="bermo-prune")
 def main():
     """Prune BERT and BERMo (BERT + ELMo-style scalar mix) and measure what it costs."""
-    _quiet_libraries()
+    quiet_libraries()
 
 
 def data_option(f):

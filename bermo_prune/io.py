@@ -98,3 +98,15 @@ def staged_output(out: str | Path, overwrite: bool = False):
     if out.exists():
         shutil.rmtree(out) if out.is_dir() else out.unlink()
     os.replace(stage, out)
+
+
+def quiet_libraries() -> None:
+    """Silence transformers' and datasets' logging and progress bars (ours report progress)."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import datasets
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()

@@ -41,3 +41,25 @@ def test_the_wheel_holds_every_module_recipe_and_bundled_file(tmp_path):
     expected |= {f"bermo_prune/builtin_recipes/{p.name}" for p in (ROOT / "recipes").glob("*.yaml")}
     expected |= {str(p.relative_to(ROOT)) for p in (ROOT / "bermo_prune" / "data" / "bundled").rglob("*.tsv.gz")}
     assert expected <= names, f"missing from the wheel: {sorted(expected - names)}"
+
+
+def test_imports_run_one_way_from_the_cli_to_the_library():
+    """No library module imports the CLI, and the report and the comparison do not import each
+    other both ways (shared pieces live in bermo_prune/bench/results.py)."""
+    import ast
+
+    def imported(path: Path) -> set[str]:
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names.add(node.module)
+                names.update(f"{node.module}.{alias.name}" for alias in node.names)
+            elif isinstance(node, ast.Import):
+                names.update(alias.name for alias in node.names)
+        return names
+
+    library = [p for top in ("bermo_prune", "pruners") for p in (ROOT / top).rglob("*.py") if p.name != "cli.py"]
+    offenders = [str(p.relative_to(ROOT)) for p in library if "bermo_prune.cli" in imported(p)]
+    assert not offenders, f"library modules importing the CLI: {offenders}"
+    compare = imported(ROOT / "bermo_prune" / "bench" / "compare.py")
+    assert not any(name.startswith("bermo_prune.bench.report") for name in compare)

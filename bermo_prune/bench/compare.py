@@ -14,7 +14,7 @@ from statistics import mean, stdev
 
 from scipy.stats import binomtest
 
-from bermo_prune.bench.report import DENSE, WITH_METRIC, fmt, main_value
+from bermo_prune.bench.results import DENSE, WITH_METRIC, fmt, main_value
 
 ALL_PRUNERS = "all pruners"
 COLUMNS = (

@@ -6,7 +6,7 @@ from collections import defaultdict
 from pathlib import Path
 from statistics import mean
 
-from bermo_prune.bench.report import WITH_METRIC
+from bermo_prune.bench.results import WITH_METRIC
 
 ARCH_STYLE = {"bert": "-", "bermo": "--"}
 # PNG metadata without the matplotlib version, so figures are reproducible byte for byte.

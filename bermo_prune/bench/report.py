@@ -8,44 +8,21 @@ from __future__ import annotations
 
 import csv
 import io
-import json
-import math
 from collections import defaultdict
 from pathlib import Path
 from statistics import mean, stdev
 
-from bermo_prune.errors import BermoPruneError
+from bermo_prune.bench import compare, plots
+from bermo_prune.bench.results import DENSE, WITH_METRIC, fmt, load_results, main_value
 from bermo_prune.io import write_json_atomic
 
-DENSE = "dense"
-# Statuses of runs that finished with a dev metric: off_schedule runs (the freeze, not the pruner,
-# set their final sparsity) count like ok ones, and are counted on their own too.
-WITH_METRIC = ("ok", "off_schedule", "diverged")
+__all__ = ["DENSE", "WITH_METRIC", "fmt", "load_results", "main_value", "markdown", "summarize", "write_report"]
+
 COLUMNS = (
     "arch", "pruner", "target_sparsity", "achieved_sparsity", "seeds", "diverged", "off_schedule", "crashed",
     "metric_mean", "metric_std", "best_mean", "healthy_mean", "first_eval_mean", "dense_mean", "retention",
     "train_examples_per_s",
 )
-
-
-def load_results(results_dir: str | Path) -> list[dict]:
-    runs_dir = Path(results_dir) / "runs"
-    if not runs_dir.is_dir():
-        raise BermoPruneError(f"{results_dir}: no runs/ folder with results (run `bermo-prune bench` first)")
-    results = []
-    for path in sorted(runs_dir.glob("*.json")):
-        try:
-            results.append(json.loads(path.read_text()))
-        except json.JSONDecodeError as exc:
-            raise BermoPruneError(f"{path}: not valid JSON ({exc})") from None
-    if not results:
-        raise BermoPruneError(f"{runs_dir}: no result files")
-    return results
-
-
-def main_value(result: dict) -> float | None:
-    value = (result.get("metrics") or {}).get(result.get("main_metric"))
-    return value if value is not None and math.isfinite(value) else None
 
 
 def _stats(values: list[float]) -> tuple[float | None, float | None]:
@@ -94,12 +71,6 @@ def summarize(results: list[dict]) -> list[dict]:
             "train_examples_per_s": mean(speed) if speed else None,
         })
     return rows
-
-
-def fmt(value, pct: bool = False) -> str:
-    if value is None:
-        return "-"
-    return f"{100 * value:.1f}" if pct else f"{value:.4f}"
 
 
 def markdown(rows: list[dict], results: list[dict]) -> str:
@@ -158,7 +129,6 @@ def write_report(results_dir: str | Path, report_dir: str | Path) -> dict[str, P
     rows = summarize(results)
     out = Path(report_dir)
     out.mkdir(parents=True, exist_ok=True)
-    from bermo_prune.bench import compare, plots
 
     paired = compare.compare(results)
     files = {"markdown": out / "report.md", "csv": out / "summary.csv", "json": out / "summary.json"}

@@ -100,9 +100,9 @@ def _worker(spec_json: str, run_json: str, out_dir: str, threads: int) -> str:
     import torch
 
     torch.set_num_threads(threads)
-    from bermo_prune.cli import _quiet_libraries
+    from bermo_prune.io import quiet_libraries
 
-    _quiet_libraries()
+    quiet_libraries()
     spec, run = SweepSpec.model_validate_json(spec_json), Run.model_validate_json(run_json)
     write_json_atomic(result_path(Path(out_dir), run), execute_run(spec, run, Path(out_dir)))
     return run.run_id
