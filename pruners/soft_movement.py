@@ -32,7 +32,7 @@ from bermo_prune.errors import BermoPruneError
 from bermo_prune.pruning.base import Pruner
 from bermo_prune.pruning.feedback import FeedbackStrength
 from bermo_prune.pruning.registry import register_pruner
-from pruners.movement import LearnedScoreMask
+from .movement import LearnedScoreMask
 
 
 class SoftMovementOptions(BaseModel):

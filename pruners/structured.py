@@ -27,7 +27,7 @@ from bermo_prune.pruning import masks as M
 from bermo_prune.pruning.base import Pruner
 from bermo_prune.pruning.distributed import average_
 from bermo_prune.pruning.registry import register_pruner
-from pruners.movement import MovementMask
+from .movement import MovementMask
 
 ROLES = {
     "attention.self.query": "q", "attention.self.key": "k", "attention.self.value": "v",

@@ -1,7 +1,7 @@
 """L0 gates per attention head and per FFN neuron (CoFi, Xia, Zhong & Chen 2022).
 
 Each head and each intermediate neuron has a hard-concrete gate z (the distribution of
-``pruners.l0``). As in CoFi the gate multiplies the head's attention output and the neuron's
+``l0``). As in CoFi the gate multiplies the head's attention output and the neuron's
 activation, through forward hooks: one sample per forward pass is shared by all the weights of
 the group (gating every weight matrix separately would draw different samples for q, k, v and o
 of one head). The masks of :class:`StructuredPruner` stay at one until the window closes.
@@ -23,15 +23,15 @@ from pydantic import Field
 from torch import nn
 
 from bermo_prune.pruning.registry import register_pruner
-from pruners.l0 import deterministic_gates, expected_open, gate_param_groups, lagrange_multipliers, sample_gates
-from pruners.structured import StructuredOptions, StructuredPruner
+from .l0 import deterministic_gates, expected_open, gate_param_groups, lagrange_multipliers, sample_gates
+from .structured import StructuredOptions, StructuredPruner
 
 
 class StructuredL0Options(StructuredOptions):
     gate_lr: float = Field(0.1, gt=0, description="learning rate of log_alpha")
-    lagrangian_lr: float = Field(0.5, gt=0, description="learning rate of the Lagrange multipliers (as pruners.l0)")
+    lagrangian_lr: float = Field(0.5, gt=0, description="learning rate of the Lagrange multipliers (as l0)")
     lagrangian: bool = Field(True, description="drive the expected head/neuron sparsity to the schedule")
-    init_keep: float = Field(0.95, gt=0, lt=1, description="initial sigmoid(log_alpha) of each gate (as pruners.l0)")
+    init_keep: float = Field(0.95, gt=0, lt=1, description="initial sigmoid(log_alpha) of each gate (as l0)")
 
 
 @register_pruner

@@ -18,7 +18,7 @@ from bermo_prune.pruning import registry
 from bermo_prune.pruning.registry import available_pruners, register_pruner
 from bermo_prune.recipes import DivergenceSpec, load_recipe
 from bermo_prune.train import OFF_SCHEDULE_MARGIN, DivergenceGuard, run_status
-from pruners.magnitude import MagnitudePruner
+from bermo_prune.builtin_pruners.magnitude import MagnitudePruner
 
 from test_cli import ok, run
 

@@ -15,8 +15,8 @@ def pyproject() -> dict:
 
 def test_every_package_of_the_source_tree_is_installed():
     listed = set(pyproject()["tool"]["setuptools"]["packages"])
-    found = {".".join(init.parent.relative_to(ROOT).parts) for top in ("bermo_prune", "pruners")
-             for init in (ROOT / top).rglob("__init__.py")}
+    found = {".".join(init.parent.relative_to(ROOT).parts) for init in (ROOT / "bermo_prune").rglob("__init__.py")}
+    found.add("bermo_prune.builtin_pruners")  # pruners/, installed in our namespace (no top-level 'pruners')
     assert found <= listed, f"packages missing from pyproject.toml: {sorted(found - listed)}"
 
 
@@ -37,10 +37,12 @@ def test_the_wheel_holds_every_module_recipe_and_bundled_file(tmp_path):
     assert build.returncode == 0, build.stderr
     (wheel,) = tmp_path.glob("bermo_prune-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    expected = {str(p.relative_to(ROOT)) for top in ("bermo_prune", "pruners") for p in (ROOT / top).rglob("*.py")}
+    expected = {str(p.relative_to(ROOT)) for p in (ROOT / "bermo_prune").rglob("*.py")}
+    expected |= {f"bermo_prune/builtin_pruners/{p.name}" for p in (ROOT / "pruners").glob("*.py")}
     expected |= {f"bermo_prune/builtin_recipes/{p.name}" for p in (ROOT / "recipes").glob("*.yaml")}
     expected |= {str(p.relative_to(ROOT)) for p in (ROOT / "bermo_prune" / "data" / "bundled").rglob("*.tsv.gz")}
     assert expected <= names, f"missing from the wheel: {sorted(expected - names)}"
+    assert not any(name.startswith("pruners/") for name in names)  # no generic top-level package to clash with
 
 
 def test_imports_run_one_way_from_the_cli_to_the_library():

@@ -19,7 +19,7 @@ from bermo_prune.pruning.base import Pruner
 from bermo_prune.pruning.masks import select_modules
 from bermo_prune.pruning.registry import available_pruners, get_pruner_class, register_pruner
 from bermo_prune.recipes import DEFAULT_INCLUDE, Recipe
-from pruners import l0
+from bermo_prune.builtin_pruners import l0
 
 from conftest import tiny_config
 

@@ -10,8 +10,9 @@ from importlib.metadata import entry_points
 from bermo_prune.errors import BermoPruneError
 
 ENTRY_POINT_GROUP = "bermo_prune.pruners"
-BUILTIN_MODULES = ("pruners.magnitude", "pruners.random", "pruners.movement", "pruners.soft_movement", "pruners.l0")
-BUILTIN_MODULES += ("pruners.structured", "pruners.structured_l0")  # heads and FFN neurons
+BUILTIN_PACKAGE = "bermo_prune.builtin_pruners"  # the top-level pruners/ folder, installed in our namespace
+BUILTIN_MODULES = tuple(f"{BUILTIN_PACKAGE}.{name}" for name in ("magnitude", "random", "movement", "soft_movement", "l0"))
+BUILTIN_MODULES += (f"{BUILTIN_PACKAGE}.structured", f"{BUILTIN_PACKAGE}.structured_l0")  # heads and FFN neurons
 
 _REGISTRY: dict[str, type] = {}
 _discovered = False
