@@ -22,8 +22,8 @@ Why projection by default: learned multipliers make a poorly damped loop on shor
 Measured on MiniLM-L6 / SST-2 at 90% over 300 window steps: with Adam-trained multipliers at
 ``lagrangian_lr`` 0.5 the expected sparsity was 25 points behind the schedule 60 steps into the
 window, at 2.0 it ran 10 points ahead 90 steps in, and a multiplier set by geometric feedback
-rose a hundredfold before the gates answered and overshot by 30 points (the huge gradients then
-also fill Adam's second moments and freeze the gates). Before the window the constraint is off:
+rose over four-hundredfold before the gates answered and overshot by 32 points (the huge
+gradients then also fill Adam's second moments and freeze the gates). Before the window the constraint is off:
 there the target is the initial sparsity and ascent multipliers would only learn to hold the
 gates open, so that when the window opened the gates lagged until the freeze did the pruning.
 

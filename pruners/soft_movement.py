@@ -16,9 +16,10 @@ recipe's ``penalty`` schedule; the sparsity reached is then whatever that lambda
 The scores learn inside the window only, from ``init_score`` = 0.1 (all weights kept). Adam moves
 a score by about ``score_lr`` per step once one gradient dominates it, so a score takes about
 init_score / score_lr steps to cross the threshold: the delay between lambda and the sparsity it
-causes. From 1.0 (100 steps) the feedback raised lambda a thousandfold before the first weight
-fell and the sparsity then overshot the schedule by 40 points (measured on MiniLM-L6); from 0.1
-the loop closes within about 10 steps. Before the window the masks are all ones and the scores
+causes. Measured on MiniLM-L6 / SST-2 at 90%: from 0.5 (about 50 steps) with a gain of 2 the
+feedback raised lambda ten-thousandfold before the first weights fell, and the sparsity then ran
+36 points ahead of the schedule; from 0.1 with a gain of 0.5 it stayed within about 4 points of
+the schedule through the window (93.8% against 90% when the masks were fixed). Before the window the masks are all ones and the scores
 stay where they start, so that the task gradient alone does not carry them across the threshold
 while the schedule asks for no sparsity.
 """
