@@ -539,7 +539,7 @@ def run_status(guard: DivergenceGuard, pruner) -> tuple[str, str | None]:
 
 def load_teacher(spec: DistillationSpec, student, task):
     """The teacher model, refused unless it can teach this student this task."""
-    teacher, _ = load_classifier(spec.teacher, None, num_labels=None)
+    teacher, _ = load_classifier(spec.teacher, None, num_labels=None, with_tokenizer=False)
     if not any(name.endswith("ForSequenceClassification") for name in teacher.config.architectures or []):
         raise BermoPruneError(f"teacher {spec.teacher} is not a fine-tuned classifier "
                               f"(its checkpoint is a {', '.join(teacher.config.architectures or ['bare model'])})")

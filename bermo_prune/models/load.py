@@ -61,10 +61,12 @@ def checkpoint_arch(checkpoint: str) -> str:
     return model_type
 
 
-def load_classifier(checkpoint: str | Path, arch: str | None = None, num_labels: int | None = 2, **bermo_options):
+def load_classifier(checkpoint: str | Path, arch: str | None = None, num_labels: int | None = 2, *,
+                    with_tokenizer: bool = True, **bermo_options):
     """(model, tokenizer) for ``checkpoint``; ``arch='bermo'`` on a BERT checkpoint builds BERMo
     on the same encoder weights with a fresh, uniform mix. ``arch=None`` keeps the native arch;
-    ``num_labels=None`` keeps the checkpoint's head."""
+    ``num_labels=None`` keeps the checkpoint's head. ``with_tokenizer=False`` (a teacher, which
+    reads the student's token ids) gives (model, None)."""
     checkpoint = resolve_checkpoint(checkpoint)
     native = checkpoint_arch(checkpoint)
     if native == COMPACT_BERT:
@@ -72,7 +74,7 @@ def load_classifier(checkpoint: str | Path, arch: str | None = None, num_labels:
             raise BermoPruneError(f"{checkpoint} is a compacted BERT checkpoint; it cannot be loaded as {arch}")
         head = {} if num_labels is None else {"num_labels": num_labels}
         model = _load(CompactBertForSequenceClassification, checkpoint, **head)
-        return model, load_tokenizer(checkpoint, model)
+        return model, load_tokenizer(checkpoint, model) if with_tokenizer else None
     arch = arch or native
     if arch not in ARCHS:
         raise BermoPruneError(f"unknown arch {arch!r}; choose from {', '.join(ARCHS)}")
@@ -87,7 +89,7 @@ def load_classifier(checkpoint: str | Path, arch: str | None = None, num_labels:
         model = _load(BermoForSequenceClassification, checkpoint, config=config)
     else:
         model = _load(BermoForSequenceClassification, checkpoint, **head)
-    return model, load_tokenizer(checkpoint, model)
+    return model, load_tokenizer(checkpoint, model) if with_tokenizer else None
 
 
 # Tokenizer files transformers reads for a BERT tokenizer; a local checkpoint needs one of them.
