@@ -37,6 +37,9 @@ def load_recipe(name_or_path: str, overrides: dict | None = None) -> Recipe:
     return load_recipe_file(resolve_recipe(name_or_path), overrides)
 
 
+PLACEHOLDER_STEPS = 10**9
+
+
 class PruningCallback(TrainerCallback):
     def __init__(self, recipe: Recipe, model: torch.nn.Module | None = None):
         self.recipe = recipe
@@ -105,7 +108,9 @@ class PruningCallback(TrainerCallback):
 
     def _attach(self, model) -> None:
         self.model = model
-        self.pruner.attach(model, total_steps=1)  # the true step count comes at on_train_begin
+        # The true step count comes at on_train_begin; until then a run "of" many steps keeps every
+        # schedule before its window (a short placeholder would round a late one-shot step to 0).
+        self.pruner.attach(model, total_steps=PLACEHOLDER_STEPS)
 
 
 def _follow_the_schedule(scheduler, base_lr: float) -> None:
