@@ -49,10 +49,13 @@ def schedule_of(result: dict):
     return Recipe.model_validate(result["recipe"]).sparsity_schedule(result["steps"])
 
 
-def schedule_gap(result: dict) -> float | None:
+def schedule_gap(result: dict, after: float = 0.0) -> float | None:
+    """Largest |achieved - scheduled| over the logged steps inside the window, from ``after`` (a
+    fraction of the window) on."""
     s = schedule_of(result)
+    first = s.start_step + after * (s.end_step - s.start_step)
     gaps = [abs(c["sparsity"] - s(c["step"])) for c in result.get("loss_curve", [])
-            if "sparsity" in c and s.in_window(c["step"])]
+            if "sparsity" in c and s.in_window(c["step"]) and c["step"] >= first]
     return max(gaps) if gaps else None
 
 
@@ -98,18 +101,28 @@ def _points(value: float | None, signed: bool = False) -> str:
     return f"{100 * value:+.1f}" if signed else f"{100 * value:.1f}"
 
 
+def late_gaps(results: list[dict]) -> dict[tuple, float | None]:
+    """Per arch x pruner x score mode x sparsity: the largest gap from 20% of the window on."""
+    cells = defaultdict(list)
+    for r in results:
+        if r.get("pruner") not in (None, "dense") and r.get("status") in WITH_METRIC:
+            cells[(r["arch"], r["pruner"], score_mode(r), round(float(r["target_sparsity"]), 6))].append(schedule_gap(r, 0.2))
+    return {key: max((g for g in gaps if g is not None), default=None) for key, gaps in cells.items()}
+
+
 def markdown(rows: list[dict], results: list[dict]) -> str:
     floor = {(r["arch"], r["sparsity"]): r["mean_metric"] for r in rows if r["pruner"] == RANDOM}
+    late = late_gaps(results)
     lines = [
         f"# Pruner health on the study's budget ({len(results)} runs)",
         "",
         "SST-2 dev accuracy (x100, mean over seeds, diverged runs included); `vs random` = margin over the "
         "random-mask control of the same arch and sparsity; `max gap` = largest |achieved - scheduled| "
-        "sparsity inside the pruning window (points); `freeze` = sparsity change when the masks were fixed "
-        "(points).",
+        "sparsity inside the pruning window (points), `from 20%` = the same from 20% of the window on; "
+        "`freeze` = sparsity change when the masks were fixed (points).",
         "",
-        "| arch | pruner | sparsity | seeds | accuracy | vs random | diverged | max gap | freeze | steps |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| arch | pruner | sparsity | seeds | accuracy | vs random | diverged | max gap | from 20% | freeze | steps |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         label = f"movement ({r['score_mode']})" if r["score_mode"] else r["pruner"]
@@ -118,6 +131,7 @@ def markdown(rows: list[dict], results: list[dict]) -> str:
         lines.append(
             f"| {r['arch']} | {label} | {r['sparsity']:.0%} | {r['seeds']} | {_points(r['mean_metric'])} | "
             f"{_points(margin, signed=True)} | {r['diverged']} | {_points(r['max_schedule_gap'])} | "
+            f"{_points(late.get((r['arch'], r['pruner'], r['score_mode'], r['sparsity'])))} | "
             f"{_points(r['freeze_jump'], signed=True)} | {r['budget_steps']} |"
         )
     return "\n".join(lines) + "\n"
