@@ -82,8 +82,7 @@ class PruningCallback(TrainerCallback):
         self.pruner.before_optimizer_step()
 
     def on_step_end(self, args, state, control, **kwargs):
-        for param in self.pruner.external_parameters():  # the Trainer zeroes the model's gradients only
-            param.grad = None
+        self.pruner.zero_external_grads()
         self.pruner.on_step_end(state.global_step)
 
     def on_log(self, args, state, control, logs=None, **kwargs):

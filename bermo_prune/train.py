@@ -267,8 +267,7 @@ class PruningCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.pruner is not None:
-            for param in self.pruner.external_parameters():  # the Trainer zeroes the model's gradients only
-                param.grad = None
+            self.pruner.zero_external_grads()
             self.pruner.on_step_end(state.global_step)
             if control.should_save:
                 self.pruner.sync()

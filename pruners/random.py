@@ -15,6 +15,8 @@ classifier and orders batches is left untouched, and a seed fixes the masks. The
 buffer of the parametrisation, so checkpoints carry it and ``--resume`` restores it.
 """
 
+import functools
+
 import torch
 
 from bermo_prune.pruning import masks as M
@@ -39,8 +41,8 @@ class RandomPruner(Pruner):
     def make_parametrization(self, name, module):
         return RandomScoreMask(module.weight.shape, dtype=self._rank_dtype, device=module.weight.device)
 
-    @property
-    def _rank_dtype(self) -> torch.dtype:
+    @functools.cached_property
+    def _rank_dtype(self) -> torch.dtype:  # one pruner, one model: the targeted modules do not change
         total = sum(m.weight.numel() for m in self.modules.values())
         return torch.float32 if total <= EXACT_FLOAT32_RANKS else torch.float64
 

@@ -9,6 +9,7 @@ import torch
 from transformers import BertForSequenceClassification
 
 from bermo_prune.errors import BermoPruneError
+from bermo_prune.builtin_pruners.l0 import mean_gates, sample_gates
 from bermo_prune.pruning.feedback import FeedbackStrength
 from bermo_prune.pruning.registry import get_pruner_class
 from bermo_prune.recipes import Recipe
@@ -74,6 +75,50 @@ def test_l0_expected_sparsity_follows_a_cubic_schedule(target):
     assert pruner.frozen and abs(pruner.current_sparsity() - before) <= 0.02  # the freeze does not do the pruning
 
 
+@pytest.mark.parametrize("target", [0.5, 0.9])
+def test_l0_with_the_penalty_stays_on_the_schedule(target):
+    """The recipe's penalty pushes the gates down harder than the schedule asks: the projection
+    shifts them back up, so the penalty only orders the gates."""
+    model, pruner = make("l0", target=target, penalty={"value": 1000.0, "shape": "one_shot"})
+    window = pruner.schedule.end_step - pruner.schedule.start_step
+    shifts = []
+    seen = train(model, pruner, pruner.schedule.end_step - 1, watch=lambda step, p: shifts.append(p.last_shift))
+    gaps = [abs(achieved - scheduled) for step, scheduled, achieved in seen
+            if step >= pruner.schedule.start_step + 0.2 * window]
+    assert max(gaps) < 0.02
+    assert max(shifts) > 0  # the projection held the penalty back at some step
+    before = pruner.current_sparsity()
+    pruner.on_step_end(pruner.schedule.end_step)
+    assert abs(pruner.current_sparsity() - before) <= 0.02
+
+
+def test_l0_freeze_folds_the_mean_gates_into_the_kept_weights():
+    """At the freeze each kept weight is multiplied by E[z], the mean of its gate in training (a
+    kept gate must not jump to 1); E[z] is the hard-concrete mean, checked by sampling."""
+    model, pruner = make("l0", target=0.5)
+    with torch.no_grad():
+        for p in pruner.parametrizations().values():
+            p.log_alpha.uniform_(-4.0, 4.0)
+    name, mask = next(iter(pruner.parametrizations().items()))
+    weight = pruner.modules[name].parametrizations.weight.original
+    before, log_alpha = weight.detach().clone(), mask.log_alpha.detach().clone()
+    pruner.step = pruner.schedule.end_step
+    pruner.freeze()
+    assert pruner.current_sparsity() == 0.5
+    expected = torch.where(mask.mask > 0, before * mean_gates(log_alpha), before)
+    assert torch.allclose(weight.detach(), expected)
+    torch.manual_seed(0)
+    sampled = torch.stack([sample_gates(log_alpha) for _ in range(4000)]).mean(0)
+    assert torch.allclose(mean_gates(log_alpha), sampled, atol=0.02)
+
+
+def test_l0_warns_when_no_penalty_orders_the_gates():
+    _, bare = make("l0")
+    _, ordered = make("l0", penalty={"value": 1000.0, "shape": "one_shot"})
+    assert any("no recipe penalty" in w for w in bare.plan()["warnings"])
+    assert not any("no recipe penalty" in w for w in ordered.plan()["warnings"])
+
+
 def test_l0_constraint_is_off_before_the_window():
     model, pruner = make("l0")
     gates = [p.log_alpha for p in pruner.parametrizations().values()]
@@ -96,8 +141,10 @@ def test_l0_projection_keeps_the_order_of_the_gates():
     shift = after - before
     assert torch.allclose(shift, shift[0].expand_as(shift)) and shift[0] < 0
     assert pruner.expected_sparsity().item() == pytest.approx(0.6, abs=0.005)
-    pruner.project(0.1)  # already sparser than asked: no shift back
-    assert torch.equal(torch.cat([p.log_alpha.detach().flatten() for p in pruner.parametrizations().values()]), after)
+    pruner.project(0.1)  # sparser than asked (a penalty ran ahead): shifted back up, order kept
+    back = torch.cat([p.log_alpha.detach().flatten() for p in pruner.parametrizations().values()])
+    assert (back - after).min() > 0 and torch.allclose(back - after, (back - after)[0].expand_as(after))
+    assert pruner.expected_sparsity().item() == pytest.approx(0.105, abs=0.002)  # to within the 0.5-point tolerance
 
 
 def test_l0_ascent_multipliers_remain_available():
@@ -111,18 +158,57 @@ def test_l0_ascent_multipliers_remain_available():
 
 
 def test_soft_movement_penalty_prunes_inside_the_window():
-    """Random labels give the scores nothing to learn, so this checks only that the penalty prunes
-    inside the window (on MiniLM-L6 its tracking of the schedule is measured in
+    """Random labels give the scores nothing to learn, so this checks only when the penalty acts
+    and that it, not the freeze, prunes (on MiniLM-L6 the tracking of the schedule is measured in
     benchmarks/results/pruner_health)."""
-    model, pruner = make("soft_movement", {"score_lr": 0.01}, target=0.8)
+    model, pruner = make("soft_movement", target=0.8, total=800)
     start, end = pruner.schedule.start_step, pruner.schedule.end_step
+    lead = pruner.first_active_step()  # the penalty starts lookahead steps before the window
+    assert pruner.lookahead == 44 and lead == start - 44 > 0  # ceil(2.197 / 0.05): the margin over score_lr
     lambdas = []
     seen = train(model, pruner, end - 1, lr=1e-4, watch=lambda step, p: lambdas.append(p.current_lambda()))
-    assert all(achieved == 0.0 for step, _, achieved in seen if step <= start)  # masks all ones before
-    assert all(weight == 0.0 for weight in lambdas[: start - 1])  # and no penalty
+    assert all(weight == 0.0 for weight in lambdas[: lead - 1]) and lambdas[lead] > 0
+    assert all(achieved == 0.0 for step, _, achieved in seen if step <= lead)  # masks all ones before
     inside = [achieved for step, _, achieved in seen if start < step < end]
     assert inside[0] < 0.05 and inside[-1] >= 0.75  # the penalty, not the freeze, pruned
     assert max(lambdas) > pruner.options.initial_lambda  # the feedback raised lambda while behind
+
+
+def test_soft_movement_predicts_crossings_from_each_scores_fall():
+    _, pruner = make("soft_movement")
+    mask = next(iter(pruner.parametrizations().values()))
+    threshold = mask.logit_threshold  # logit(0.1) = -2.197
+    with torch.no_grad():
+        mask.scores.zero_()
+        mask.scores_then.zero_()
+        flat, then = mask.scores.view(-1), mask.scores_then.view(-1)
+        flat[:3] = torch.tensor([-2.5, -1.2, -1.2])  # crossed already; halfway and falling 1.0 ...
+        then[:3] = torch.tensor([-2.5, -0.2, -0.8])  # ... per 10 steps; and 0.4 per 10 steps
+        flat[3], then[3] = -2.0, -2.1  # rising: stays
+        flat[4], then[4] = -0.5, 0.5  # falls fast, but has not covered half the margin: not counted
+    assert mask.predicted_crossings(0) == 1  # the threshold sparsity itself
+    assert mask.predicted_crossings(20) == 2  # -1.2 - 2 * 1.0 < -2.197; -1.2 - 2 * 0.4 > -2.197
+    assert mask.predicted_crossings(30) == 3
+    assert mask.predicted_crossings(100) == 3
+    assert int((~mask.hard_mask()).sum()) == 1 and threshold == pytest.approx(-2.1972, abs=1e-4)
+
+
+def test_soft_movement_feedback_follows_the_prediction_not_the_threshold():
+    """Scores on their way down raise the prediction, and lambda falls before any has crossed."""
+    _, pruner = make("soft_movement", target=0.5, total=600)
+    first = pruner.first_active_step() + 10
+    pruner.on_step_end(first)  # takes a snapshot of the scores
+    with torch.no_grad():
+        for p in pruner.parametrizations().values():
+            p.scores.fill_(-1.2)  # every score fell by 1.2 in 10 steps, past halfway: all cross within 9 more
+    before = pruner.strength.value
+    pruner.on_step_end(first + 10)
+    assert pruner.current_sparsity() == 0.0 and pruner.predicted_sparsity == 1.0
+    lowered = pruner.strength.value
+    assert lowered < before
+    pruner.on_step_end(first + 20)  # no score moved since: nothing predicted, lambda rises again
+    assert pruner.predicted_sparsity == 0.0 and pruner.strength.value > lowered
+    assert pruner.current_sparsity() == 0.0
 
 
 def test_soft_movement_without_penalty_does_not_prune():

@@ -177,6 +177,12 @@ class Pruner:
         own = {id(p) for p in self.model.parameters()} if self.model is not None else set()
         return [p for group in self.param_groups() for p in group["params"] if id(p) not in own]
 
+    def zero_external_grads(self) -> None:
+        """Drop the gradients of :meth:`external_parameters` after an optimizer step: the Trainer
+        zeroes the model's gradients only, and these would otherwise add up over steps."""
+        for param in self.external_parameters():
+            param.grad = None
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         state = {
             "step": torch.tensor(self.step),

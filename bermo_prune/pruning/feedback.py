@@ -32,9 +32,11 @@ class FeedbackStrength:
     def value(self) -> float:
         return math.exp(float(self.log_value))
 
-    def update(self, target: float, achieved: float) -> None:
+    def update(self, target: float, achieved: float, steps: int = 1) -> None:
+        """One feedback step; ``steps`` > 1 when one measurement stands for that many steps."""
         low, high = self.bounds
-        self.log_value.fill_(min(high, max(low, float(self.log_value) + self.gain * (target - achieved))))
+        change = self.gain * steps * (target - achieved)
+        self.log_value.fill_(min(high, max(low, float(self.log_value) + change)))
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"log_value": self.log_value.clone()}
