@@ -237,11 +237,12 @@ class L0Pruner(Pruner):
             p = torch.sigmoid(logits + c)
             return float((weights * p).sum() / total), float((weights * p * (1 - p)).sum() / total)
 
-        share_now = open_share(0.0)[0]
-        if 1.0 - target - AHEAD_TOLERANCE <= share_now <= 1.0 - target:
+        keep, share_now = 1.0 - target, open_share(0.0)[0]
+        if keep - AHEAD_TOLERANCE <= share_now <= keep:
             self.last_shift = 0.0
             return
-        keep = 1.0 - target if share_now > 1.0 - target else 1.0 - target - AHEAD_TOLERANCE
+        if share_now < keep:  # ahead of the schedule by more than the tolerance: back to its edge
+            keep -= AHEAD_TOLERANCE
         low, high, c = -60.0, 60.0, 0.0  # open_share(low) < keep < open_share(high)
         for _ in range(30):
             share, slope = open_share(c)

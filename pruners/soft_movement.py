@@ -53,6 +53,10 @@ from .movement import LearnedScoreMask
 VELOCITY_STEPS = 10
 
 
+def logit(p: float) -> float:
+    return math.log(p) - math.log1p(-p)
+
+
 class SoftMovementOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     score_lr: float = Field(5e-2, gt=0, description="learning rate of the scores")
@@ -74,8 +78,7 @@ class ThresholdMask(LearnedScoreMask):
 
     def __init__(self, shape, init_score, threshold, device=None):
         super().__init__(shape, init_score, device=device)
-        self.threshold = threshold
-        self.logit_threshold = math.log(threshold) - math.log1p(-threshold)
+        self.logit_threshold = logit(threshold)
         self.halfway = (init_score + self.logit_threshold) / 2
         self.register_buffer("scores_then", torch.full(shape, float(init_score), device=device))
         self.learning = True  # False: the scores get no gradient (outside the window)
@@ -115,7 +118,7 @@ class SoftMovementPruner(Pruner):
                                   "(with 'feedback', lambda follows the sparsity schedule): remove penalty or set strength")
         if o.strength == "schedule" and recipe.penalty is None:
             raise BermoPruneError("soft_movement with options.strength 'schedule' needs a recipe penalty (its lambda ramp)")
-        margin = o.init_score - (math.log(o.threshold) - math.log1p(-o.threshold))
+        margin = o.init_score - logit(o.threshold)
         if margin <= 0:
             raise BermoPruneError(f"soft_movement: init_score {o.init_score} already prunes at threshold {o.threshold} "
                                   "(sigmoid(init_score) must exceed it)")
