@@ -11,7 +11,7 @@ python3 -m venv "$work/venv"
 pip install -q "torch==2.13.0" "$root"            # pip builds the wheel from the source tree
 cd "$work"                                         # nothing of the source tree on the path
 bermo-prune --version
-for command in bench compact demo evaluate export finetune inspect prune pruners report; do
+for command in bench compact demo evaluate export finetune inspect predict prune pruners report; do
     bermo-prune "$command" --help > /dev/null
 done
 bermo-prune recipe check sst2-movement > /dev/null
@@ -43,4 +43,11 @@ YAML
 bermo-prune bench spec.yaml --out sweep > /dev/null
 bermo-prune report sweep -o sweep/report > /dev/null
 test -s sweep/report/summary.json
+# ONNX needs the onnx extra: without it, a one-line error; with it, export, predict and evaluate
+if bermo-prune export pruned --format onnx --out onnx 2> err.txt; then echo "ONNX export ran without the extra"; exit 1; fi
+grep -q 'pip install "bermo-prune\[onnx\]"' err.txt
+pip install -q "$root[onnx]"
+bermo-prune export compacted --format onnx --quantize int8 --out onnx-int8 > /dev/null
+bermo-prune predict onnx-int8 "a fine film" > /dev/null
+bermo-prune evaluate onnx-int8 --task sst2 > /dev/null
 echo "wheel smoke test: ok"

@@ -96,13 +96,14 @@ def main():
     parser.add_argument("--steps", default="50,150")
     parser.add_argument("--sparsities", default="0.1,0.3,0.5")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--train-samples", type=int, default=8000, help="0: the whole train split")
     args = parser.parse_args()
     checkpoints = sorted(int(s) for s in args.steps.split(","))
     sparsities = [float(s) for s in args.sparsities.split(",")]
 
     torch.manual_seed(args.seed)
     model, tokenizer = load_classifier("minilm-l6", "bert", num_labels=2)
-    train = tokenize_dataset(subsample(load_split("sst2", "train"), 8000, args.seed), tokenizer, "sst2", 64)
+    train = tokenize_dataset(subsample(load_split("sst2", "train"), args.train_samples or None, args.seed), tokenizer, "sst2", 64)
     dev = tokenize_dataset(load_split("sst2", "dev"), tokenizer, "sst2", 64)
     collate = DataCollatorWithPadding(tokenizer)
     modules = select_modules(model, [DEFAULT_INCLUDE])

@@ -196,9 +196,9 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="random tiny model: checks the script end to end in seconds")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
-    from bermo_prune.cli import _quiet_libraries
+    from bermo_prune.io import quiet_libraries
 
-    _quiet_libraries()  # transformers' save/load chatter and progress bars would bury the results
+    quiet_libraries()  # transformers' save/load chatter and progress bars would bury the results
     if args.threads:
         torch.set_num_threads(args.threads)
     command = "python benchmarks/structured_latency.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])

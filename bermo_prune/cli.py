@@ -188,16 +188,18 @@ def demo(checkpoint, recipe_path, data_dir, seed, out):
 @data_option
 @click.option("--max-length", type=click.IntRange(8, 512), default=128, show_default=True)
 @click.option("--arch", type=ARCH_CHOICE, default=None, help="Refuse a checkpoint of any other arch.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime threads (an ONNX export).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def evaluate(checkpoint, task, data_dir, max_length, arch, as_json):
-    """Evaluate a checkpoint on the task's dev split."""
+def evaluate(checkpoint, task, data_dir, max_length, arch, threads, as_json):
+    """Evaluate a checkpoint or an ONNX export on the task's dev split."""
     from bermo_prune import runs
 
-    result = runs.evaluate(checkpoint, task, data_dir=data_dir, max_length=max_length, arch=arch)
+    result = runs.evaluate(checkpoint, task, data_dir=data_dir, max_length=max_length, arch=arch, threads=threads)
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
-    table = Table(title=f"{result['task']} dev ({result['examples']} examples)")
+    runtime = f", ONNX Runtime {result['precision']}" if 'runtime' in result else ''
+    table = Table(title=f"{result['task']} dev ({result['examples']} examples{runtime})")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in result.items():
@@ -440,13 +442,32 @@ def compact(checkpoint, out, overwrite):
 
 @main.command(name="export")
 @click.argument("checkpoint")
-@click.option("--format", "fmt", type=click.Choice(["sparse", "dense"]), default="sparse", show_default=True,
-              help="sparse: bitmask + non-zero values of a checkpoint; dense: a sparse export back to a plain checkpoint.")
+@click.option("--format", "fmt", type=click.Choice(["sparse", "dense", "onnx"]), default="sparse", show_default=True,
+              help="sparse: bitmask + non-zero values of a checkpoint; dense: a sparse export back to a plain "
+              "checkpoint; onnx: an ONNX model checked against PyTorch, for ONNX Runtime.")
+@click.option("--quantize", type=click.Choice(["int8"]), default=None,
+              help="With --format onnx: dynamic INT8 quantisation of the Linear layers (ONNX Runtime).")
 @out_options
-def export_command(checkpoint, fmt, out, overwrite):
-    """Sparse export of a pruned checkpoint (size ~ 1 - sparsity), or its lossless re-import."""
+def export_command(checkpoint, fmt, quantize, out, overwrite):
+    """Sparse export of a pruned checkpoint (size ~ 1 - sparsity), its lossless re-import, or ONNX."""
     from bermo_prune import export
 
+    if quantize and fmt != "onnx":
+        raise UserError("--quantize needs --format onnx")
+    if fmt == "onnx":
+        from bermo_prune.deploy import export_onnx
+
+        manifest = export_onnx(checkpoint, out, precision=quantize or "fp32", overwrite=overwrite)
+        check = manifest["check"]
+        closeness = (f"max |logit difference| {check['max_abs_diff']:.2g} (tolerance {check['tolerance']:g})"
+                     if "tolerance" in check else
+                     f"max |logit difference| {check['relative_diff']:.1%} of the largest logit")
+        console.print(f"{manifest['precision']} ONNX model, {manifest['bytes'] / 1e6:.1f} MB, matches PyTorch on "
+                      f"{check['examples']} sentences: {closeness}; saved to [bold]{out}[/]")
+        if not check.get("labels_kept", True):
+            err_console.print("[yellow]warning:[/] INT8 changed a predicted label on the check sentences; "
+                              f"measure its accuracy: bermo-prune evaluate {shlex.quote(str(out))} --task ...")
+        return
     if fmt == "dense":
         result = export.export_dense(checkpoint, out, overwrite=overwrite)
         console.print(f"rebuilt {result['tensors']} tensors ({result['dense_bytes']:,} bytes) into [bold]{out}[/]")
@@ -455,6 +476,36 @@ def export_command(checkpoint, fmt, out, overwrite):
     stored, dense = manifest["payload"]["bytes"], manifest["dense_bytes"]
     console.print(f"{len(manifest['tensors'])} tensors: {dense:,} bytes dense -> {stored:,} bytes sparse "
                   f"({stored / dense:.1%}); saved to [bold]{out}[/]")
+
+
+@main.command()
+@click.argument("checkpoint")
+@click.argument("texts", nargs=-1, required=True)
+@click.option("--max-length", type=click.IntRange(8, 512), default=128, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime threads (an ONNX export).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def predict(checkpoint, texts, max_length, threads, as_json):
+    """Label and probability for each text, from a checkpoint or an ONNX export.
+
+    A tab inside a text makes it a sentence pair (MRPC, RTE, STS-B)."""
+    from bermo_prune import runs
+
+    rows = runs.predict(checkpoint, list(texts), max_length=max_length, threads=threads)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(box=box.SIMPLE)
+    table.add_column("text")
+    if "score" in rows[0]:
+        table.add_column("score", justify="right")
+        for row in rows:
+            table.add_row(escape(row["text"]), f"{row['score']:.4f}")
+    else:
+        table.add_column("label")
+        table.add_column("probability", justify="right")
+        for row in rows:
+            table.add_row(escape(row["text"]), escape(row["label"]), f"{row['probability']:.3f}")
+    console.print(table)
 
 
 if __name__ == "__main__":  # pragma: no cover

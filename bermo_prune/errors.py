@@ -9,3 +9,9 @@ class BermoPruneError(Exception):
     """
 
     exit_code = 2
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's message as one line (its type when it has none), for a one-line error."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

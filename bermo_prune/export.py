@@ -32,7 +32,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from bermo_prune.errors import BermoPruneError
+from bermo_prune.errors import BermoPruneError, first_line
 from bermo_prune.io import staged_output, write_json_atomic
 from bermo_prune.models import resolve_checkpoint
 
@@ -222,7 +222,7 @@ def load_sparse(directory: str | Path):
         # The Auto class insists on a path; the concrete class takes the state dict alone.
         return model_class.from_pretrained(None, config=config, state_dict=state)
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
-        raise BermoPruneError(f"cannot load {directory}: {str(exc).strip().splitlines()[0]}") from None
+        raise BermoPruneError(f"cannot load {directory}: {first_line(exc)}") from None
 
 
 def size_summary(manifest: dict, names=None) -> dict:

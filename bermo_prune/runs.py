@@ -17,7 +17,8 @@ from bermo_prune.errors import BermoPruneError
 from bermo_prune.io import resumable_output, work_dir_for, write_json_atomic
 from bermo_prune.model_card import write_model_card
 from bermo_prune.models import load_classifier
-from bermo_prune.models.load import COMPACT_BERT, checkpoint_arch, resolve_checkpoint
+from bermo_prune.deploy import load_for_inference
+from bermo_prune.models.load import COMPACT_BERT, checkpoint_arch, is_onnx_export, require_trained_head, resolve_checkpoint
 from bermo_prune.pruning.distributed import is_main_process
 from bermo_prune.pruning.masks import select_modules, sparsity_report
 from bermo_prune.pruning.registry import get_pruner_class
@@ -179,19 +180,48 @@ ARCH_NAMES = {"bert": "BERT", "bermo": "BERMo"}
 
 
 def evaluate(checkpoint: str, task: str, *, data_dir: str | None = None, max_length: int = 128, batch_size: int = 64,
-             arch: str | None = None) -> dict:
-    """Dev metrics of a saved checkpoint; with ``arch``, refuse a checkpoint of another arch."""
+             arch: str | None = None, threads: int | None = None) -> dict:
+    """Dev metrics of a saved checkpoint or ONNX export; with ``arch``, refuse a checkpoint of
+    another arch. ``threads`` sets ONNX Runtime's thread count (PyTorch's is torch's setting)."""
     spec = get_task(task)
     if arch is not None:
         native = checkpoint_arch(resolve_checkpoint(checkpoint))
         if (native if native != COMPACT_BERT else "bert") != arch:
             name = ARCH_NAMES.get(native, "compacted BERT")
             raise BermoPruneError(f"{checkpoint} is a {name} checkpoint, not {ARCH_NAMES[arch]} (--arch {arch})")
-    model, tokenizer = load_classifier(checkpoint, None, num_labels=None)
+    require_trained_head(resolve_checkpoint(checkpoint))
+    model, tokenizer = load_for_inference(resolve_checkpoint(checkpoint), threads)
     if model.config.num_labels != spec.num_labels:  # a head for another task would score at random
         raise BermoPruneError(f"{checkpoint} has a {model.config.num_labels}-label head; {spec.name} needs {spec.num_labels}")
     metrics = evaluate_model(model, tokenizer, spec.name, data_dir=data_dir, max_length=max_length, batch_size=batch_size)
-    return {"checkpoint": str(checkpoint), "task": spec.name, "arch": model.config.model_type, **metrics}
+    runtime = {"runtime": "onnxruntime", "precision": model.manifest["precision"]} if is_onnx_export(checkpoint) else {}
+    return {"checkpoint": str(checkpoint), "task": spec.name, "arch": model.config.model_type, **runtime, **metrics}
+
+
+def predict(checkpoint: str, texts: list[str], *, max_length: int = 128, threads: int | None = None) -> list[dict]:
+    """Label and probability of each text (a tab splits a text into a sentence pair) for a PyTorch
+    checkpoint or an ONNX export; a one-output (regression) head gives its score instead."""
+    if not texts:
+        raise BermoPruneError("give at least one text to predict")
+    require_trained_head(resolve_checkpoint(checkpoint))
+    model, tokenizer = load_for_inference(resolve_checkpoint(checkpoint), threads)
+    pairs = [text.split("\t", 1) for text in texts]
+    if any(len(p) == 2 for p in pairs) and not all(len(p) == 2 for p in pairs):
+        raise BermoPruneError("either every text is a sentence pair (split by a tab) or none is")
+    columns = list(zip(*pairs))
+    batch = tokenizer(*columns, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    with torch.inference_mode():
+        logits = model(**batch).logits.float()
+    if logits.shape[1] == 1:
+        return [{"text": text, "score": float(score)} for text, score in zip(texts, logits[:, 0])]
+    id2label = getattr(model.config, "id2label", None) or {}
+    probabilities = logits.softmax(-1)
+    rows = []
+    for text, probs in zip(texts, probabilities):
+        best = int(probs.argmax())
+        rows.append({"text": text, "label": str(id2label.get(best, best)), "label_id": best,
+                     "probability": float(probs[best]), "probabilities": [round(float(p), 6) for p in probs]})
+    return rows
 
 
 def evaluate_model(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import shutil
@@ -30,6 +31,8 @@ def _copy_config(src: Path, dst: Path) -> Path:
 
 def test_pickle_payload_in_a_checkpoint_is_not_executed(tmp_path, tiny_checkpoint):
     evil = _copy_config(tiny_checkpoint, tmp_path / "evil")
+    config = json.loads((evil / "config.json").read_text())  # a classifier, so evaluate goes on to load it
+    (evil / "config.json").write_text(json.dumps({**config, "architectures": ["BertForSequenceClassification"]}))
     marker = tmp_path / "PWNED"
     with open(evil / "pytorch_model.bin", "wb") as fh:
         pickle.dump({"weight": _Payload(marker)}, fh)

@@ -10,13 +10,14 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-from bermo_prune.errors import BermoPruneError
+from bermo_prune.errors import BermoPruneError, first_line
 from bermo_prune.models.bermo import BermoConfig, BermoForSequenceClassification
 from bermo_prune.models.compact_shapes import CompactBertForSequenceClassification
 
 ARCHS = ("bert", "bermo")
 COMPACT_BERT = "bert-compact"  # a BERT whose pruned heads / neurons were removed (bermo_prune.compact)
 DEFAULT_CHECKPOINT = "minilm-l6"
+ONNX_MANIFEST = "onnx_manifest.json"  # marks an ONNX export folder (bermo_prune.deploy)
 
 
 def packaged_minilm() -> Path:
@@ -68,6 +69,9 @@ def load_classifier(checkpoint: str | Path, arch: str | None = None, num_labels:
     ``num_labels=None`` keeps the checkpoint's head. ``with_tokenizer=False`` (a teacher, which
     reads the student's token ids) gives (model, None)."""
     checkpoint = resolve_checkpoint(checkpoint)
+    if is_onnx_export(checkpoint):
+        raise BermoPruneError(f"{checkpoint} is an ONNX export: evaluate and predict read it; other commands need the "
+                              "PyTorch checkpoint it was exported from")
     native = checkpoint_arch(checkpoint)
     if native == COMPACT_BERT:
         if arch not in (None, "bert"):
@@ -98,6 +102,27 @@ TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
 VOCABULARY_SLACK = 0.9
 
 
+def require_trained_head(checkpoint: str) -> None:
+    """Refuse to score with a classifier head that the checkpoint does not have: transformers would
+    add a random one, and its predictions would look like any others."""
+    local = Path(checkpoint) / "config.json"
+    if local.is_file():
+        try:
+            architectures = json.loads(local.read_text()).get("architectures") or []
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise BermoPruneError(f"{local}: not valid JSON ({exc})") from None
+    else:
+        architectures = _hub_call(checkpoint, lambda: BertConfig.get_config_dict(checkpoint)[0]).get("architectures") or []
+    if not any(name.endswith("ForSequenceClassification") for name in architectures):
+        found = ", ".join(architectures) or "none recorded"
+        raise BermoPruneError(f"{checkpoint} has no trained classifier head (architectures: {found}); fine-tune or "
+                              "prune it on a task first")
+
+
+def is_onnx_export(checkpoint: str | Path) -> bool:
+    return (Path(str(checkpoint)).expanduser() / ONNX_MANIFEST).is_file()
+
+
 def load_tokenizer(checkpoint: str, model):
     """The checkpoint's tokenizer, refused when it cannot be the model's: without tokenizer files
     transformers 5 builds a BertTokenizer of a handful of tokens and every word becomes [UNK], so
@@ -107,11 +132,15 @@ def load_tokenizer(checkpoint: str, model):
         raise BermoPruneError(f"{checkpoint}: no tokenizer files ({' or '.join(TOKENIZER_FILES)}); copy them from the "
                               "base model's folder into the checkpoint")
     tokenizer = _hub_call(checkpoint, lambda: AutoTokenizer.from_pretrained(checkpoint))
-    rows = model.get_input_embeddings().weight.shape[0]
+    check_tokenizer_fits(checkpoint, tokenizer, model.get_input_embeddings().weight.shape[0])
+    return tokenizer
+
+
+def check_tokenizer_fits(checkpoint: str, tokenizer, rows: int) -> None:
+    """Refuse a tokenizer whose vocabulary cannot be that of an embedding with ``rows`` rows."""
     if not VOCABULARY_SLACK * rows <= len(tokenizer) <= rows:
         raise BermoPruneError(f"{checkpoint}: its tokenizer has {len(tokenizer):,} tokens but the model's embedding has "
                               f"{rows:,} rows: not this model's tokenizer; copy the base model's tokenizer files into it")
-    return tokenizer
 
 
 def _load(model_class, checkpoint: str, **kwargs):
@@ -136,5 +165,4 @@ def _hub_call(checkpoint: str, load):
     except BermoPruneError:
         raise
     except Exception as exc:  # the loading boundary: any failure to read a checkpoint is the input's fault
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise BermoPruneError(f"cannot load {checkpoint}: {first_line}") from None
+        raise BermoPruneError(f"cannot load {checkpoint}: {first_line(exc)}") from None

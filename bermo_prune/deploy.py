@@ -1,0 +1,288 @@
+"""ONNX export (fp32 or INT8) of BERT, BERMo and compacted checkpoints, and the runtime that reads it.
+
+An export folder holds one ``model.onnx`` (inputs ``input_ids``, ``attention_mask``,
+``token_type_ids``, dynamic batch and sequence axes; output ``logits``), the model's
+``config.json`` and tokenizer files, and ``onnx_manifest.json``: precision, opset, the file's
+sha256, library versions and the export-time check. The check runs a fixed batch of sentences of
+different lengths (so padding is exercised) through PyTorch and ONNX Runtime and refuses the
+export when their logits differ by more than the stated tolerance: an exporter or quantiser that
+gets a model wrong fails at export time instead of being deployed.
+
+INT8 is ONNX Runtime's dynamic quantisation of the MatMul/Gemm weights (QInt8 weights, activations
+quantised per batch at run time): no calibration data, and the usual choice for transformer
+encoders on CPU. Its logits move further from PyTorch's than fp32's do, so its check is relative
+to the logits' scale; what quantisation costs in accuracy is measured by ``evaluate`` on the export.
+
+:class:`OnnxClassifier` puts an export behind the call a transformers classifier has,
+``model(**batch).logits``, so evaluation and prediction read a checkpoint or an export the same way
+(:func:`load_for_inference`). ``onnx``, ``onnxscript`` and ``onnxruntime`` come with the
+``onnx`` extra (``pip install "bermo-prune[onnx]"``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from bermo_prune.errors import BermoPruneError, first_line
+from bermo_prune.export import sha256
+from bermo_prune.io import staged_output, write_json_atomic
+from bermo_prune.models.load import (
+    ONNX_MANIFEST, check_tokenizer_fits, is_onnx_export, load_classifier, require_trained_head, resolve_checkpoint,
+)
+
+FORMAT, VERSION = "bermo-prune-onnx", 1
+MODEL_FILE = "model.onnx"
+INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+PRECISIONS = ("fp32", "int8")
+OPSET = 18
+# fp32: ONNX Runtime and PyTorch run the same float32 arithmetic in a different order (fused
+# kernels); measured differences on MiniLM-L6 are ~1e-6, so 1e-4 only catches real errors.
+FP32_TOLERANCE = 1e-4
+# int8: the largest logit difference as a share of the largest |logit| on the check batch. This
+# catches a broken quantisation (garbage or non-finite outputs), not a loss of accuracy: the
+# logits of an untrained head are ~0.01 and move by half of that. Accuracy is `evaluate`'s job;
+# a changed label on the check batch is reported (``labels_kept``), not refused.
+INT8_RELATIVE_TOLERANCE = 1.0
+# Sentences of different lengths, so that the check batch is padded; the labels do not matter.
+CHECK_SENTENCES = (
+    "a gripping, funny and moving film.",
+    "the plot is thin, the acting is worse, and the two hours feel like four.",
+    "fine.",
+    "it is neither as clever as it thinks nor as dull as its reviews say, but it has moments.",
+)
+
+
+def _onnx_libraries():
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime
+        import onnxscript  # noqa: F401  (torch's ONNX exporter needs it)
+    except ImportError:
+        raise BermoPruneError('ONNX export and runtime need the onnx extra: pip install "bermo-prune[onnx]"') from None
+    return onnxruntime
+
+
+class _LogitsOnly(nn.Module):
+    """The classifier as a function of the three token tensors, returning the logits alone."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, token_type_ids):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).logits
+
+
+def check_batch(tokenizer) -> dict[str, torch.Tensor]:
+    batch = tokenizer(list(CHECK_SENTENCES), padding=True, return_tensors="pt")
+    batch.setdefault("token_type_ids", torch.zeros_like(batch["input_ids"]))
+    return {name: batch[name] for name in INPUTS}
+
+
+def _torch_export(model, batch: dict[str, torch.Tensor], path: Path, opset: int) -> None:
+    dynamic = {name: {0: torch.export.Dim.DYNAMIC, 1: torch.export.Dim.DYNAMIC} for name in INPUTS}
+    exporter_logger = logging.getLogger("torch.onnx")  # notes about torchvision ops this model has none of
+    level = exporter_logger.level
+    exporter_logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the exporter's deprecation chatter, not about this model
+            torch.onnx.export(
+                _LogitsOnly(model).eval(), args=(), kwargs=batch, f=str(path), input_names=list(INPUTS),
+                output_names=["logits"], dynamic_shapes=dynamic, opset_version=opset, dynamo=True,
+                external_data=False, verbose=False, report=False,
+            )
+    except Exception as exc:  # the exporter's boundary: any failure is this model's, in one line
+        raise BermoPruneError(f"torch.onnx.export failed: {first_line(exc)}") from None
+    finally:
+        exporter_logger.setLevel(level)
+
+
+def _session(path: Path, threads: int | None = None):
+    ort = _onnx_libraries()
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise BermoPruneError(f"{path}: ONNX Runtime cannot load it ({first_line(exc)})") from None
+
+
+def _run_session(session, batch: dict) -> np.ndarray:
+    feed = {name: np.asarray(batch[name], dtype=np.int64) for name in INPUTS}
+    return session.run(["logits"], feed)[0]
+
+
+def compare_logits(expected: np.ndarray, got: np.ndarray, precision: str) -> dict:
+    """The export-time check: how far ONNX Runtime's logits are from PyTorch's, and whether that is
+    within the precision's tolerance."""
+    diff = float(np.abs(expected - got).max())
+    check = {"examples": int(expected.shape[0]), "max_abs_diff": diff}
+    if precision == "fp32":
+        check.update(tolerance=FP32_TOLERANCE, passed=bool(diff <= FP32_TOLERANCE))
+        return check
+    scale = float(np.abs(expected).max())
+    relative = diff / max(scale, 1e-6)
+    same_labels = expected.shape[1] == 1 or bool((expected.argmax(1) == got.argmax(1)).all())
+    check.update(relative_diff=relative, relative_tolerance=INT8_RELATIVE_TOLERANCE, labels_kept=same_labels,
+                 passed=bool(np.isfinite(got).all() and relative <= INT8_RELATIVE_TOLERANCE))
+    return check
+
+
+def export_onnx(checkpoint: str | Path, out: str | Path, *, precision: str = "fp32", opset: int = OPSET,
+                overwrite: bool = False) -> dict:
+    """Export ``checkpoint`` to ONNX in ``out``, check it against PyTorch, and return the manifest."""
+    if precision not in PRECISIONS:
+        raise BermoPruneError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    _onnx_libraries()
+    require_trained_head(resolve_checkpoint(checkpoint))  # a random head would be exported as if trained
+    model, tokenizer = load_classifier(checkpoint, None, num_labels=None)
+    model.eval()
+    batch = check_batch(tokenizer)
+    with torch.inference_mode():
+        expected = model(**batch).logits.numpy()
+    with staged_output(out, overwrite) as stage:
+        fp32_path = stage / (MODEL_FILE if precision == "fp32" else "model.fp32.onnx")
+        _torch_export(model, batch, fp32_path, opset)
+        checks = {"fp32": compare_logits(expected, _run_session(_session(fp32_path), batch), "fp32")}
+        if precision == "int8":
+            _quantize_dynamic(fp32_path, stage / MODEL_FILE)
+            fp32_path.unlink()
+            checks["int8"] = compare_logits(expected, _run_session(_session(stage / MODEL_FILE), batch), "int8")
+        for name, check in checks.items():
+            if not check["passed"]:
+                raise BermoPruneError(f"the {name} ONNX model does not match PyTorch on the check batch: {_describe(check)}")
+        model.config.save_pretrained(stage)
+        tokenizer.save_pretrained(stage)
+        manifest = {
+            "format": FORMAT, "version": VERSION, "source": str(checkpoint), "arch": model.config.model_type,
+            "precision": precision, "opset": opset, "inputs": list(INPUTS), "outputs": ["logits"],
+            "file": MODEL_FILE, "sha256": sha256(stage / MODEL_FILE), "bytes": (stage / MODEL_FILE).stat().st_size,
+            "check": checks[precision], "versions": _versions(),
+        }
+        write_json_atomic(stage / ONNX_MANIFEST, manifest)
+    return manifest
+
+
+def _describe(check: dict) -> str:
+    if "relative_diff" not in check:
+        return f"max |logit difference| {check['max_abs_diff']:.3g} > {check['tolerance']:g}"
+    return (f"max |logit difference| is {check['relative_diff']:.1%} of the largest logit "
+            f"(tolerance {check['relative_tolerance']:.0%})")
+
+
+def _quantize_dynamic(source: Path, target: Path) -> None:
+    from onnxruntime.quantization import QuantType, quant_pre_process, quantize_dynamic
+
+    prepared = source.with_suffix(".prepared.onnx")
+    root_logger = logging.getLogger()  # the quantiser warns through the root logger
+    level = root_logger.level
+    try:
+        # ONNX Runtime's pre-processing (ONNX shape inference, graph optimisation), as its
+        # quantisation guide asks; its symbolic shape inference does not follow torch's dynamic axes.
+        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        root_logger.setLevel(logging.ERROR)
+        quantize_dynamic(str(prepared), str(target), weight_type=QuantType.QInt8)
+    except Exception as exc:
+        raise BermoPruneError(f"INT8 quantisation failed: {first_line(exc)}") from None
+    finally:
+        root_logger.setLevel(level)
+        prepared.unlink(missing_ok=True)
+
+
+def _versions() -> dict:
+    import onnx
+    import onnxruntime
+
+    return {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+
+
+def read_onnx_manifest(directory: str | Path) -> dict:
+    """The manifest of an export folder, checked against the model file it describes."""
+    folder = Path(directory)
+    try:
+        manifest = json.loads((folder / ONNX_MANIFEST).read_text())
+        if manifest.get("format") != FORMAT:
+            raise BermoPruneError(f"{directory}: {ONNX_MANIFEST} is not a {FORMAT} manifest")
+        if manifest.get("version") != VERSION:
+            raise BermoPruneError(f"{directory}: ONNX export version {manifest.get('version')} (this bermo-prune reads {VERSION})")
+        model_file = folder / manifest["file"]
+        expected_sha = manifest["sha256"]
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as exc:
+        raise BermoPruneError(f"{directory}: unreadable {ONNX_MANIFEST} ({type(exc).__name__}: {exc})") from None
+    if not model_file.is_file():
+        raise BermoPruneError(f"{directory}: {model_file.name} is missing")
+    if sha256(model_file) != expected_sha:
+        raise BermoPruneError(f"{directory}: {model_file.name} does not match its manifest's sha256 (changed or corrupt)")
+    return manifest
+
+
+class _Output:
+    def __init__(self, logits: torch.Tensor):
+        self.logits = logits
+
+
+class OnnxClassifier:
+    """An ONNX export behind a transformers classifier's call: ``model(**batch).logits``."""
+
+    def __init__(self, directory: str | Path, threads: int | None = None):
+        from transformers import AutoConfig
+
+        import bermo_prune.models  # noqa: F401  (registers BERMo and compacted BERT with AutoConfig)
+
+        self.directory = Path(directory)
+        self.manifest = read_onnx_manifest(directory)
+        try:
+            self.config = AutoConfig.from_pretrained(str(directory))
+        except Exception as exc:
+            raise BermoPruneError(f"{directory}: cannot read config.json ({first_line(exc)})") from None
+        self.session = _session(self.directory / self.manifest["file"], threads)
+        names = [i.name for i in self.session.get_inputs()]
+        if names != list(INPUTS) or [o.name for o in self.session.get_outputs()] != ["logits"]:
+            raise BermoPruneError(f"{directory}: the ONNX model takes {names}, not {list(INPUTS)} -> logits")
+        labels = self.session.get_outputs()[0].shape[-1]
+        if isinstance(labels, int) and labels != self.config.num_labels:
+            raise BermoPruneError(f"{directory}: the ONNX model has {labels} outputs but config.json {self.config.num_labels} labels")
+
+    def eval(self):
+        return self
+
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, **_unused) -> _Output:
+        ids = np.asarray(input_ids, dtype=np.int64)
+        batch = {
+            "input_ids": ids,
+            "attention_mask": np.ones_like(ids) if attention_mask is None else attention_mask,
+            "token_type_ids": np.zeros_like(ids) if token_type_ids is None else token_type_ids,
+        }
+        return _Output(torch.from_numpy(_run_session(self.session, batch)))
+
+
+def load_onnx(directory: str | Path, threads: int | None = None):
+    """(OnnxClassifier, tokenizer) for an export folder."""
+    from transformers import AutoTokenizer
+
+    model = OnnxClassifier(directory, threads)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(directory))
+    except Exception as exc:
+        raise BermoPruneError(f"{directory}: cannot load its tokenizer ({first_line(exc)})") from None
+    check_tokenizer_fits(str(directory), tokenizer, model.config.vocab_size)
+    return model, tokenizer
+
+
+def load_for_inference(checkpoint: str | Path, threads: int | None = None):
+    """(model, tokenizer) for a PyTorch checkpoint or an ONNX export, both called as ``model(**batch)``."""
+    if is_onnx_export(checkpoint):
+        return load_onnx(checkpoint, threads)
+    model, tokenizer = load_classifier(checkpoint, None, num_labels=None)
+    return model.eval(), tokenizer
