@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import warnings
 from pathlib import Path
 
@@ -184,10 +185,15 @@ def _describe(check: dict) -> str:
 def _quantize_dynamic(source: Path, target: Path) -> None:
     from onnxruntime.quantization import QuantType, quant_pre_process, quantize_dynamic
 
+    source, target = source.resolve(), target.resolve()  # the working directory changes below
     prepared = source.with_suffix(".prepared.onnx")
     root_logger = logging.getLogger()  # the quantiser warns through the root logger
     level = root_logger.level
+    cwd = os.getcwd()
     try:
+        # ONNX's tools can leave uuid-named weight files in the working directory when they fail:
+        # work in the staging folder, which is removed with whatever is in it on failure.
+        os.chdir(target.parent)
         # ONNX Runtime's pre-processing (ONNX shape inference, graph optimisation), as its
         # quantisation guide asks; its symbolic shape inference does not follow torch's dynamic axes.
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
@@ -196,6 +202,7 @@ def _quantize_dynamic(source: Path, target: Path) -> None:
     except Exception as exc:
         raise BermoPruneError(f"INT8 quantisation failed: {first_line(exc)}") from None
     finally:
+        os.chdir(cwd)
         root_logger.setLevel(level)
         prepared.unlink(missing_ok=True)
 
