@@ -31,8 +31,8 @@ from bermo_prune.pruning.registry import get_pruner_class  # noqa: E402
 from bermo_prune.recipes import DEFAULT_INCLUDE, Recipe  # noqa: E402
 from bermo_prune.runs import environment  # noqa: E402
 
-PRUNERS = ("magnitude", "movement", "soft_movement", "l0")
-TARGETS = {"magnitude": 1.05, "movement": 1.25, "l0": 1.30}
+PRUNERS = ("magnitude", "movement", "soft_movement", "l0", "platon")
+TARGETS = {"magnitude": 1.05, "movement": 1.25, "l0": 1.30, "platon": 1.15}
 PEERS = {"torch.nn.utils.prune": 1.06, "Intel Neural Compressor": 1.26, "NNI movement": 2.05,
          "SparseML movement": 1.57, "nn_pruning": 1.96}
 

@@ -100,6 +100,7 @@ CASES = {
     "movement-learned": ("movement", {"scores": "learned"}),
     "soft_movement": ("soft_movement", None),
     "l0": ("l0", None),
+    "platon": ("platon", None),
     "l0-block-2x4": ("l0", {"block": [2, 4]}),
     "l0-block-3x5": ("l0", {"block": [3, 5]}),  # blocks overhang the 32/64-wide weights
 }
@@ -283,6 +284,54 @@ def test_movement_scores_are_minus_grad_times_weight():
     with torch.no_grad():  # no accumulation without autograd
         model(x)
     assert torch.equal(p.scores, 2 * expected)
+
+
+def test_platon_statistics_match_a_hand_computation_over_three_steps():
+    """I = |W' * dL/dW'| (0 where masked), I_bar <- b1 I_bar + (1 - b1) I, U_bar <- b2 U_bar +
+    (1 - b2) |I - I_bar| with the new I_bar; score I_bar * U_bar. Computed here by hand from the
+    weights and gradients of three optimizer steps."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3, bias=False))
+    r = recipe("platon", {"beta1": 0.8, "beta2": 0.9}, targets={"include": [r"^0$"]})
+    pruner = get_pruner_class("platon")(r)
+    pruner.attach(model, 100)  # the window opens at step 10: the three steps keep the mask set here
+    p = pruner.parametrizations()["0"]
+    mask = torch.ones(3, 4)
+    mask[1, 2] = mask[0, 0] = 0
+    with torch.no_grad():
+        p.mask.copy_(mask)
+    original = model[0].parametrizations.weight.original
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    importance, uncertainty = torch.zeros(3, 4), torch.zeros(3, 4)
+    for step in range(1, 4):
+        x = torch.randn(5, 4)
+        optimizer.zero_grad()
+        model(x).pow(2).sum().backward()
+        weight, grad = original.detach().clone(), original.grad.clone()
+        sensitivity = (weight * mask * grad).abs()
+        importance = 0.8 * importance + 0.2 * sensitivity
+        uncertainty = 0.9 * uncertainty + 0.1 * (sensitivity - importance).abs()
+        pruner.before_optimizer_step()
+        optimizer.step()
+        pruner.on_step_end(step)
+        assert torch.allclose(p.importance, importance, atol=1e-7, rtol=1e-6)
+        assert torch.allclose(p.uncertainty, uncertainty, atol=1e-7, rtol=1e-6)
+        assert torch.equal(p.mask, mask)
+    assert torch.all(p.importance[mask == 0] == 0)  # a masked weight has no sensitivity
+    assert (p.uncertainty > 0).sum() == 10
+    assert torch.allclose(pruner.scores()["0"], importance * uncertainty, atol=1e-9, rtol=1e-6)
+
+
+def test_platon_statistics_stop_at_the_freeze():
+    model = tiny_bert()
+    pruner = get_pruner_class("platon")(recipe("platon"))
+    pruner.attach(model, TOTAL_STEPS)
+    train(model, pruner)
+    assert pruner.frozen
+    frozen = {name: p.importance.clone() for name, p in pruner.parametrizations().items()}
+    model(**inputs()).loss.backward()
+    pruner.before_optimizer_step()
+    assert all(torch.equal(p.importance, frozen[name]) for name, p in pruner.parametrizations().items())
 
 
 def test_learned_movement_scores_get_minus_the_movement_as_gradient():
@@ -477,14 +526,14 @@ def own_registry(monkeypatch):
 
 
 def test_builtin_pruners_are_registered():
-    assert {"magnitude", "movement", "soft_movement", "l0"} <= set(available_pruners())
+    assert {"magnitude", "random", "movement", "soft_movement", "l0", "platon"} <= set(available_pruners())
 
 
 def test_third_party_pruner_registers_validates_and_prunes(own_registry):
     assert "random_test" not in available_pruners()
     register_pruner(RandomTestPruner)
     assert available_pruners()["random_test"] is RandomTestPruner
-    assert {"magnitude", "movement", "soft_movement", "l0"} <= set(available_pruners())
+    assert {"magnitude", "random", "movement", "soft_movement", "l0", "platon"} <= set(available_pruners())
 
     r = Recipe.model_validate({"name": "random", "pruner": {"name": "random_test"}, "target_sparsity": 0.6})
     assert r.pruner.options == RandomTestPruner.Options()

@@ -80,6 +80,7 @@ PRUNERS = [
     ("magnitude", {}),
     ("random", {}),  # its ranking is a buffer of the parametrisation: the checkpoint must carry it
     ("movement", {}),
+    ("platon", {}),  # its smoothed importance and uncertainty are buffers: the checkpoint must carry them
     ("l0", {}),  # samples its gates: resuming must restore the RNG and the Lagrange multipliers
     ("head_neuron_l0", {"head_sparsity": 0.5, "neuron_sparsity": 0.5}),  # gates live outside the model
 ]
