@@ -20,7 +20,7 @@ from bermo_prune.recipes import DEFAULT_INCLUDE
 from conftest import tiny_config
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
-RECIPE_NAMES = ("magnitude", "random", "movement", "soft-movement", "l0", "platon")
+RECIPE_NAMES = ("magnitude", "random", "movement", "soft-movement", "l0", "platon", "obert")
 FAST = ["--epochs", "1", "--max-train-samples", "64"]
 
 
@@ -165,7 +165,7 @@ def test_prune_every_recipe(recipe, arch, tiny_checkpoint, tiny_glue, tmp_path):
 
 def test_pruners_lists_the_builtins():
     result = ok(run("pruners"))
-    for name in ("magnitude", "random", "movement", "soft_movement", "l0", "platon"):
+    for name in ("magnitude", "random", "movement", "soft_movement", "l0", "platon", "obert"):
         assert name in result.output
 
 

@@ -32,13 +32,15 @@ def ddp_runs(tiny_checkpoint, tiny_glue, tmp_path_factory):
     recipes = [
         write_recipe(root / "movement.yaml", "movement"),  # scores each rank accumulates: averaged by sync()
         write_recipe(root / "l0.yaml", "l0"),  # Lagrange multipliers live outside the model
+        write_recipe(root / "platon.yaml", "platon"),  # statistics from DDP-averaged gradients
+        write_recipe(root / "obert.yaml", "obert", {"num_grads": 2, "block_size": 8}),  # Fisher and weight updates
         write_recipe(root / "head_neuron_l0.yaml", "head_neuron_l0", {"head_sparsity": 0.5, "neuron_sparsity": 0.5}),
     ]
     torchrun(str(WORKER), str(tiny_checkpoint), str(tiny_glue), str(root), *map(str, recipes), cwd=root)
     return root
 
 
-@pytest.mark.parametrize("pruner", ["movement", "l0", "head_neuron_l0"])
+@pytest.mark.parametrize("pruner", ["movement", "l0", "platon", "obert", "head_neuron_l0"])
 def test_ranks_end_with_identical_masks_at_exact_sparsity(ddp_runs, pruner):
     ranks = [ddp_runs / f"{pruner}-rank{r}.safetensors" for r in (0, 1)]
     with safe_open(str(ranks[0]), "pt") as fh:

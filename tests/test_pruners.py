@@ -8,11 +8,13 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 from transformers import AutoModelForSequenceClassification, BertForSequenceClassification
 
 import bermo_prune  # noqa: F401  (registers BERMo with the Auto classes)
+from bermo_prune.errors import BermoPruneError
 from bermo_prune.models import BermoConfig, BermoForSequenceClassification
 from bermo_prune.pruning import registry
 from bermo_prune.pruning.base import Pruner
@@ -101,6 +103,7 @@ CASES = {
     "soft_movement": ("soft_movement", None),
     "l0": ("l0", None),
     "platon": ("platon", None),
+    "obert": ("obert", {"num_grads": 2, "block_size": 8}),
     "l0-block-2x4": ("l0", {"block": [2, 4]}),
     "l0-block-3x5": ("l0", {"block": [3, 5]}),  # blocks overhang the 32/64-wide weights
 }
@@ -332,6 +335,100 @@ def test_platon_statistics_stop_at_the_freeze():
     model(**inputs()).loss.backward()
     pruner.before_optimizer_step()
     assert all(torch.equal(p.importance, frozen[name]) for name, p in pruner.parametrizations().items())
+
+
+def obert_with_gradients(block_size: int, grads: list[torch.Tensor], weight: torch.Tensor, damp: float = 0.1):
+    """An oBERT pruner on a one-Linear model whose Fisher was fed ``grads`` (by hand, as the
+    optimizer steps before a pruning step would), and the dense block inverses to compare with."""
+    model = nn.Sequential(nn.Linear(weight.shape[1], weight.shape[0], bias=False))
+    with torch.no_grad():
+        model[0].weight.copy_(weight)
+    r = recipe("obert", {"num_grads": len(grads), "block_size": block_size, "damp": damp}, targets={"include": [r"^0$"]})
+    pruner = get_pruner_class("obert")(r)
+    pruner.attach(model, 100)  # pruning steps 10, 12, ..., 60: the grads fed are those of steps 9 and 10
+    original = model[0].parametrizations.weight.original
+    pruner.step = 10 - len(grads)
+    for g in grads:
+        original.grad = g.clone()
+        pruner.before_optimizer_step()
+        pruner.step += 1
+    flat = torch.stack([F.pad(g.reshape(-1), (0, -g.numel() % block_size)) for g in grads]).double()
+    blocks = flat.view(len(grads), -1, block_size).transpose(0, 1)  # (blocks, m, B)
+    fisher = damp * torch.eye(block_size, dtype=torch.float64) + blocks.transpose(1, 2) @ blocks / len(grads)
+    return pruner, model, torch.linalg.inv(fisher)
+
+
+def test_obert_fisher_inverse_saliency_and_update_match_dense_formulas():
+    torch.manual_seed(0)
+    weight = torch.randn(3, 5)  # 15 weights in blocks of 4: the last block is padded
+    grads = [torch.randn(3, 5) for _ in range(6)]
+    pruner, model, dense_inverse = obert_with_gradients(4, grads, weight)
+    p = pruner.parametrizations()["0"]
+    assert p.inverse.shape == (4, 4, 4)
+    assert torch.allclose(p.inverse.double(), dense_inverse, rtol=1e-4, atol=1e-4)
+
+    diagonal = dense_inverse.diagonal(dim1=1, dim2=2).reshape(-1)[:15].view(3, 5)
+    assert torch.allclose(pruner.scores()["0"].double(), weight.double() ** 2 / (2 * diagonal), rtol=1e-4)
+
+    # prune weight (1, 2) alone: flat index 7, the last entry of block 1
+    i, block, at = 7, 1, 3
+    pruned = torch.zeros(3, 5, dtype=torch.bool)
+    pruned[1, 2] = True
+    change = p.update_for(weight, pruned).double().reshape(-1)
+    expected = torch.zeros(16, dtype=torch.float64)
+    expected[4:8] = -dense_inverse[block][:, at] * weight.reshape(-1)[i] / dense_inverse[block][at, at]
+    assert torch.allclose(change, expected[:15], rtol=1e-4, atol=1e-6)
+    assert change[i].item() == pytest.approx(-weight.reshape(-1)[i].item(), rel=1e-4)  # the pruned weight goes to 0
+
+    new_mask = (~pruned).float()
+    pruner.set_masks({"0": new_mask})
+    after = model[0].parametrizations.weight.original.detach()
+    kept = ~pruned
+    assert torch.allclose(after[kept].double(), weight[kept].double() + change.view(3, 5)[kept], rtol=1e-5, atol=1e-6)
+    assert torch.equal(p.mask, new_mask) and p.inverse is None  # the next pruning step collects afresh
+
+
+def test_obert_update_loses_less_than_zeroing_on_the_quadratic_model():
+    """With the loss modelled as 0.5 dw^T F dw around the weights, removing a weight with the
+    optimal update of the others costs w^2 / (2 [F^-1]_ii), which is less than zeroing it alone
+    (w^2 F_ii / 2) whenever its block's Fisher is not diagonal."""
+    torch.manual_seed(1)
+    weight = torch.randn(2, 4)
+    shared = torch.randn(2, 4)
+    grads = [shared * torch.randn(()) + 0.3 * torch.randn(2, 4) for _ in range(8)]  # correlated gradients
+    pruner, _, dense_inverse = obert_with_gradients(8, grads, weight)
+    fisher = torch.linalg.inv(dense_inverse[0])
+    p = pruner.parametrizations()["0"]
+    w = weight.reshape(-1).double()
+    for i in range(8):
+        pruned = torch.zeros(8, dtype=torch.bool)
+        pruned[i] = True
+        with_update = p.update_for(weight, pruned.view(2, 4)).reshape(-1).double()
+        zeroing = torch.zeros(8, dtype=torch.float64)
+        zeroing[i] = -w[i]
+        loss_update = 0.5 * with_update @ fisher @ with_update
+        loss_zeroing = 0.5 * zeroing @ fisher @ zeroing
+        assert loss_update < loss_zeroing
+        assert loss_update.item() == pytest.approx((w[i] ** 2 / (2 * dense_inverse[0][i, i])).item(), rel=1e-3)
+
+
+def test_obert_collects_only_before_pruning_steps_and_refuses_what_would_not_fit(monkeypatch):
+    model = tiny_bert()
+    r = recipe("obert", {"num_grads": 3, "block_size": 8},
+               schedule={"shape": "cubic", "start": 0.2, "end": 0.6, "update_every": 5})
+    pruner = get_pruner_class("obert")(r)
+    pruner.attach(model, 50)  # window 10-30, pruning steps 10, 15, 20, 25, 30
+    assert pruner.pruning_steps() == [10, 15, 20, 25, 30]
+    assert [s for s in range(1, 51) if pruner.collecting(s)] == [8, 9, 10, 13, 14, 15, 18, 19, 20, 23, 24, 25, 28, 29, 30]
+    assert pruner.plan()["warnings"] == []
+    short = get_pruner_class("obert")(recipe("obert", {"num_grads": 8}, schedule={"shape": "cubic", "start": 0.2, "end": 0.6, "update_every": 5}))
+    short.set_total_steps(50)
+    assert "fewer than num_grads 8" in short.plan()["warnings"][0]
+
+    from bermo_prune.builtin_pruners import obert
+    monkeypatch.setattr(obert, "free_memory_bytes", lambda device: 10_000)
+    with pytest.raises(BermoPruneError, match=r"obert: the block Fisher inverses need .* GB"):
+        get_pruner_class("obert")(r).attach(tiny_bert(), 50)
 
 
 def test_learned_movement_scores_get_minus_the_movement_as_gradient():

@@ -20,7 +20,7 @@ from bermo_prune import runs
 from bermo_prune.errors import BermoPruneError
 from bermo_prune.io import work_dir_for
 from bermo_prune.recipes import load_recipe
-from bermo_prune.train import COMPLETE_MARKER, PruningCallback
+from bermo_prune.train import COMPLETE_MARKER, PRUNER_STATE, PruningCallback
 
 # 64 examples / batch 8 = 8 steps per epoch, 3 epochs: 24 steps, pruning window steps 2..16.
 CHECKPOINT_EVERY = 4
@@ -80,7 +80,8 @@ PRUNERS = [
     ("magnitude", {}),
     ("random", {}),  # its ranking is a buffer of the parametrisation: the checkpoint must carry it
     ("movement", {}),
-    ("platon", {}),  # its smoothed importance and uncertainty are buffers: the checkpoint must carry them
+    ("platon", {}),
+    ("obert", {"num_grads": 2, "block_size": 8}),  # its smoothed importance and uncertainty are buffers: the checkpoint must carry them
     ("l0", {}),  # samples its gates: resuming must restore the RNG and the Lagrange multipliers
     ("head_neuron_l0", {"head_sparsity": 0.5, "neuron_sparsity": 0.5}),  # gates live outside the model
 ]
@@ -108,6 +109,22 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(tiny_checkpoint, ti
         prune(tiny_checkpoint, tiny_glue, recipe_path, out, checkpoint_every=CHECKPOINT_EVERY)
     prune(tiny_checkpoint, tiny_glue, recipe_path, out, checkpoint_every=CHECKPOINT_EVERY, resume=True)
     assert not work_dir_for(out).exists()
+    assert_same_outcome(tmp_path / "whole", out)
+
+
+def test_obert_resumes_with_the_fisher_it_was_collecting(tiny_checkpoint, tiny_glue, tmp_path, monkeypatch):
+    """Pruning steps 2, 7, 12, 16 with 5 gradients each: the checkpoint of step 8 falls inside the
+    collection for step 12 and must carry its partial inverses."""
+    recipe_path = write_recipe(tmp_path / "r.yaml", "obert", {"num_grads": 5, "block_size": 8})
+    data = yaml.safe_load(recipe_path.read_text())
+    data["schedule"]["update_every"] = 5
+    recipe_path.write_text(yaml.safe_dump(data))
+    prune(tiny_checkpoint, tiny_glue, recipe_path, tmp_path / "whole", checkpoint_every=CHECKPOINT_EVERY)
+    out = tmp_path / "resumed"
+    prune_until_interrupted(monkeypatch, tiny_checkpoint, tiny_glue, recipe_path, out)
+    state = load_file(str(work_dir_for(out) / "trainer" / "checkpoint-8" / PRUNER_STATE))
+    assert any(key.startswith("fisher_inverse.") for key in state)
+    prune(tiny_checkpoint, tiny_glue, recipe_path, out, checkpoint_every=CHECKPOINT_EVERY, resume=True)
     assert_same_outcome(tmp_path / "whole", out)
 
 

@@ -11,7 +11,7 @@ from bermo_prune.errors import BermoPruneError
 
 ENTRY_POINT_GROUP = "bermo_prune.pruners"
 BUILTIN_PACKAGE = "bermo_prune.builtin_pruners"  # the top-level pruners/ folder, installed in our namespace
-BUILTIN_MODULES = tuple(f"{BUILTIN_PACKAGE}.{name}" for name in ("magnitude", "random", "movement", "soft_movement", "l0", "platon"))
+BUILTIN_MODULES = tuple(f"{BUILTIN_PACKAGE}.{name}" for name in ("magnitude", "random", "movement", "soft_movement", "l0", "platon", "obert"))
 BUILTIN_MODULES += (f"{BUILTIN_PACKAGE}.structured", f"{BUILTIN_PACKAGE}.structured_l0")  # heads and FFN neurons
 
 _REGISTRY: dict[str, type] = {}
