@@ -46,6 +46,8 @@ from bermo_prune.pruning.registry import register_pruner
 
 # Never plan to fill more than this share of the free memory with Fisher inverses.
 MEMORY_SHARE = 0.8
+# Blocks per Sherman-Morrison update: 8,192 blocks of 50 x 50 are 82 MB of temporaries.
+UPDATE_CHUNK = 8192
 
 
 class OBertOptions(BaseModel):
@@ -90,10 +92,12 @@ class OBertMask(M.MaskedWeight):
         self.inverse = eye.expand(self.blocks, -1, -1).clone()
 
     def add_gradient(self, grad: torch.Tensor, num_grads: int) -> None:
-        g = block_view(grad, self.block_size).unsqueeze(-1)                    # (blocks, B, 1)
-        fg = torch.bmm(self.inverse, g)                                        # F^-1 g
-        denominator = num_grads + torch.bmm(g.transpose(1, 2), fg)             # m + g^T F^-1 g
-        self.inverse.baddbmm_(fg, fg.transpose(1, 2) / denominator, alpha=-1)  # F^-1 is symmetric
+        g = block_view(grad, self.block_size).unsqueeze(-1)                        # (blocks, B, 1)
+        # In chunks of blocks: the rank-one update's temporary is as large as its chunk of F^-1.
+        for inverse, gc in zip(self.inverse.split(UPDATE_CHUNK), g.split(UPDATE_CHUNK)):
+            fg = torch.bmm(inverse, gc)                                            # F^-1 g
+            denominator = num_grads + torch.bmm(gc.transpose(1, 2), fg)            # m + g^T F^-1 g
+            inverse.baddbmm_(fg, fg.transpose(1, 2) / denominator, alpha=-1)       # F^-1 is symmetric
 
     def diagonal(self) -> torch.Tensor:
         """[F^-1]_ii of every weight, in the weight's shape."""
