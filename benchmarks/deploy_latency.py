@@ -6,6 +6,8 @@ fp32 model, dev accuracy and file size of every variant.
         --model compact67=runs/structured-full/sl0-kd-bert-compact --model compact83=... \\
         --model unstructured90=runs/... --threads 2 --out benchmarks/results/deploy
     python benchmarks/deploy_latency.py --tiny --out /tmp/deploy-tiny      # end-to-end check in a minute
+    python benchmarks/deploy_latency.py --shapes-from benchmarks/results/structured_full/structured_latency.json \
+        --threads 2 --out benchmarks/results/deploy/latency_by_shape       # latency only, random weights
 
 Every variant of every model is exported with ``bermo-prune``'s own ``export_onnx`` (checked
 against PyTorch at export) into a scratch folder. Latency: for each shape (batch 1 and 32, length 64
@@ -22,6 +24,7 @@ Writes ``summary.json`` (rows ``{"model", "runtime", "precision", "batch", "leng
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 import tempfile
@@ -60,6 +63,32 @@ def tiny_checkpoints(root: Path) -> tuple[Path, dict[str, Path]]:
     return root / "dense", {"compact": root / "compact"}
 
 
+def shape_checkpoints(report: Path, root: Path) -> tuple[Path, dict[str, Path]]:
+    """Random-weight models with the shapes of MiniLM-L6 (dense) and of every compacted model in a
+    ``structured_latency.json``: latency depends on the shapes, not on the values of the weights
+    (dense float arithmetic, and dynamic INT8 quantises whatever it is given), so these time the
+    real models when their checkpoints are not at hand. They have no accuracy to measure."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from bermo_prune.models.compact_shapes import CompactBertConfig, CompactBertForSequenceClassification
+    from bermo_prune.models.load import packaged_minilm
+
+    tokenizer = AutoTokenizer.from_pretrained(packaged_minilm())
+    base = BertConfig.from_pretrained(packaged_minilm()).to_dict()
+    base.update(num_labels=2, architectures=None)
+    torch.manual_seed(0)
+    models = {"dense": BertForSequenceClassification(BertConfig(**base))}
+    for info in json.loads(report.read_text())["models"]:
+        layers = info["layers"]
+        config = CompactBertConfig(layer_num_heads=[layer["heads"] for layer in layers],
+                                   layer_intermediate_sizes=[layer["intermediate"] for layer in layers], **base)
+        models[Path(info["checkpoint"]).name] = CompactBertForSequenceClassification(config)
+    for name, model in models.items():
+        model.save_pretrained(root / name)
+        tokenizer.save_pretrained(root / name)
+    return root / "dense", {name: root / name for name in models if name != "dense"}
+
+
 def load_variants(name: str, checkpoint: Path, scratch: Path, threads: int) -> dict:
     """{(runtime, precision): (model, tokenizer, size_mb)} for one checkpoint."""
     model, tokenizer = load_for_inference(checkpoint)
@@ -85,6 +114,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--tiny", action="store_true", help="random tiny models: checks the script end to end")
+    parser.add_argument("--shapes-from", type=Path, default=None, metavar="STRUCTURED_LATENCY_JSON",
+                        help="time random-weight models with MiniLM-L6's shape and each compacted model's shapes "
+                        "from this report (latency only: no accuracy)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     quiet_libraries()
@@ -96,6 +128,8 @@ def main() -> None:
         if args.tiny:
             dense, models = tiny_checkpoints(scratch)
             args.max_eval, args.repeats, args.warmup = args.max_eval or 64, min(args.repeats, 5), 1
+        elif args.shapes_from:
+            dense, models = shape_checkpoints(args.shapes_from, scratch)
         else:
             if not args.dense:
                 parser.error("--dense is required (or --tiny)")
@@ -108,6 +142,9 @@ def main() -> None:
         accuracies = {}
         for name, variants in loaded.items():
             for key, (model, tokenizer, _) in variants.items():
+                if args.shapes_from:  # random weights: an accuracy would mean nothing
+                    accuracies[(name, *key)] = {"value": None, "examples": 0}
+                    continue
                 result = accuracy(model, tokenizer, args.task, args.data, args.max_eval)
                 accuracies[(name, *key)] = result
                 print(f"{name} {key[0]} {key[1]}: {result['main_metric']} {result['value']:.4f}", flush=True)
@@ -124,7 +161,7 @@ def main() -> None:
                     t = timings[f"{name}/{runtime}/{precision}"]["median_s"]
                     rows.append({"model": name, "runtime": runtime, "precision": precision, "batch": batch_size,
                                  "length": length, "speedup": round(reference / t, 3),
-                                 "dev_accuracy": round(accuracies[(name, runtime, precision)]["value"], 4),
+                                 "dev_accuracy": _rounded(accuracies[(name, runtime, precision)]["value"]),
                                  "size_mb": round(variants[(runtime, precision)][2], 1)})
                     print(f"b{batch_size} l{length} {name} {runtime} {precision}: {t * 1e3:.2f} ms "
                           f"({reference / t:.2f}x)", flush=True)
@@ -133,7 +170,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "summary.json", rows)
     write_json_atomic(out / "deploy.json", {
-        "command": command, "tiny": args.tiny, "checkpoints": {k: str(v) for k, v in checkpoints.items()},
+        "command": command, "tiny": args.tiny, "random_weights_with_shapes_from": str(args.shapes_from or "") or None,
+        "checkpoints": {k: str(v) for k, v in checkpoints.items()},
         "threads": args.threads, "repeats": args.repeats, "warmup": args.warmup, "dev_examples": {
             f"{k[0]}/{k[1]}/{k[2]}": v["examples"] for k, v in accuracies.items()},
         "latency": raw, "environment": environment(),
@@ -141,6 +179,10 @@ def main() -> None:
     text = markdown(command, rows, args.threads)
     (out / "summary.md").write_text(text)
     print(text)
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
 
 
 def markdown(command: str, rows: list[dict], threads: int) -> str:
@@ -152,7 +194,8 @@ def markdown(command: str, rows: list[dict], threads: int) -> str:
     for model, runtime, precision in dict.fromkeys((r["model"], r["runtime"], r["precision"]) for r in rows):
         cells = [f"{keyed[(model, runtime, precision, b, l)]['speedup']:.2f}x" for b, l in SHAPES]
         first = keyed[(model, runtime, precision, *SHAPES[0])]
-        lines.append(f"| {model} | {runtime} | {precision} | {100 * first['dev_accuracy']:.1f} | {first['size_mb']:.1f} | "
+        shown = "-" if first["dev_accuracy"] is None else f"{100 * first['dev_accuracy']:.1f}"
+        lines.append(f"| {model} | {runtime} | {precision} | {shown} | {first['size_mb']:.1f} | "
                      + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
