@@ -4,6 +4,7 @@ gates, finalised checkpoints and third-party pruners."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -169,6 +170,26 @@ def test_magnitude_one_shot_prunes_the_smallest_weights_globally():
     module = pruner.modules["bert.encoder.layer.1.output.dense"]
     mask = module.parametrizations.weight[0].mask
     assert torch.equal(module.weight, module.parametrizations.weight.original * mask)
+
+
+def test_one_shot_magnitude_recipe_gives_torch_prune_global_unstructured_masks():
+    """The pruning-quality benchmark's anchor is torch.nn.utils.prune: the bundled one-shot recipe
+    must choose the very masks of prune.global_unstructured (L1) on the same weights."""
+    from torch.nn.utils import prune as torch_prune
+
+    from bermo_prune.recipes import load_recipe
+
+    r = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "sst2-one-shot-magnitude.yaml")
+    r = r.model_copy(update={"target_sparsity": TARGET})
+    ours, theirs = tiny_bert(), tiny_bert()
+    pruner = get_pruner_class(r.pruner.name)(r)
+    pruner.attach(ours, TOTAL_STEPS)  # one-shot at step 0: pruned on attach, fixed from then on
+    modules = select_modules(theirs, [DEFAULT_INCLUDE])
+    torch_prune.global_unstructured([(m, "weight") for m in modules.values()], torch_prune.L1Unstructured, amount=TARGET)
+    for name, p in pruner.parametrizations().items():
+        assert torch.equal(p.mask, modules[name].weight_mask), name
+    pruner.on_step_end(1)
+    assert pruner.frozen  # masks fixed for the whole run
 
 
 # --- the schedule ----------------------------------------------------------------------------
