@@ -155,6 +155,19 @@ def test_start_from_a_dense_finetune(tmp_path, tiny_checkpoint, tiny_glue):
     assert json.loads((start / "metrics.json").read_text())["arch"] == "bermo"
     (result,) = load_results(tmp_path / "results")
     assert result["checkpoint"] == str(start)
+    assert result["training"]["distillation"] is None
+
+
+def test_start_as_teacher_distils_every_pruning_run(tmp_path, tiny_checkpoint, tiny_glue):
+    spec = write_spec(tmp_path / "spec.yaml", tiny_checkpoint, tiny_glue, archs=["bert"],
+                      recipes=["dense", str(RECIPES / "sst2-magnitude.yaml")], sparsities=[0.5],
+                      start={"seed": 0, "teacher": True, "training": {"max_train_samples": 64, "epochs": 1}})
+    run_sweep(spec, tmp_path / "results")
+    by_pruner = {r["pruner"]: r for r in load_results(tmp_path / "results")}
+    start = str(tmp_path / "results" / "start" / "bert")
+    assert by_pruner["magnitude"]["training"]["distillation"]["teacher"] == start
+    assert by_pruner["magnitude"]["status"] in ("ok", "off_schedule", "diverged")
+    assert by_pruner["dense"]["checkpoint"] == start  # the dense control trains on from the start, undistilled
 
 
 @pytest.mark.parametrize(

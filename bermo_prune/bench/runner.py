@@ -80,7 +80,8 @@ def execute_run(spec: SweepSpec, run: Run, out_dir: Path, progress: bool = False
                 seed=run.seed, data_dir=spec.data, progress=progress,
             )
         else:
-            recipe = spec_recipe(spec, run.recipe, run.sparsity)
+            teacher = checkpoint if spec.start is not None and spec.start.teacher else None
+            recipe = spec_recipe(spec, run.recipe, run.sparsity, teacher)
             report = runs.prune(
                 checkpoint, recipe, spec.task, None, arch=run.arch,
                 seed=run.seed, data_dir=spec.data, progress=progress,

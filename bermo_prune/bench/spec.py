@@ -25,6 +25,8 @@ class StartSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     seed: int = 0
     training: dict = Field(default_factory=dict, description="overrides of the default training settings")
+    teacher: bool = Field(False, description="distil every pruning run from this fine-tuned start (the recipe's "
+                          "distillation settings, or the defaults)")
 
 
 class SweepSpec(BaseModel):
@@ -112,12 +114,14 @@ def load_spec(path: str | Path) -> SweepSpec:
     return spec
 
 
-def spec_recipe(spec: SweepSpec, name: str, sparsity: float | None) -> Recipe:
+def spec_recipe(spec: SweepSpec, name: str, sparsity: float | None, teacher: str | None = None) -> Recipe:
     """The recipe at one sweep point, with the spec's shared training budget applied (at its own
-    target sparsity when ``sparsity`` is None)."""
+    target sparsity when ``sparsity`` is None), distilled from ``teacher`` when one is given."""
     overrides = {f"training.{k}": v for k, v in spec.training.items()}
     if sparsity is not None:
         overrides["target_sparsity"] = sparsity
+    if teacher is not None:
+        overrides["training.distillation.teacher"] = teacher
     return load_recipe(resolve_recipe(name), overrides)
 
 
