@@ -158,8 +158,9 @@ def test_corrupt_or_mismatched_export_is_a_one_line_error(exported, tmp_path):
     assert not (tmp_path / "never").exists()
 
 
-def test_predict_and_export_refuse_a_checkpoint_without_a_trained_head(tiny_checkpoint, tmp_path):
+def test_predict_evaluate_and_export_refuse_a_checkpoint_without_a_trained_head(tiny_checkpoint, tiny_glue, tmp_path):
     assert_user_error(run("predict", tiny_checkpoint, "x"), "no trained classifier head (architectures: BertModel)")
+    assert_user_error(run("evaluate", tiny_checkpoint, "--task", "sst2", "--data", tiny_glue), "no trained classifier head")
     assert_user_error(run("export", tiny_checkpoint, "--format", "onnx", "--out", tmp_path / "x"), "no trained classifier head")
     assert not (tmp_path / "x").exists()
 
