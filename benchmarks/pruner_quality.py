@@ -1,0 +1,137 @@
+"""Summarise the pruning-quality sweeps: how much of the dense accuracy each unstructured pruner
+keeps, per budget, against the random-mask floor and the torch.nn.utils.prune anchor.
+
+    python benchmarks/pruner_quality.py benchmarks/results/pruner_quality
+
+reads ``short/runs/*.json`` and ``full/runs/*.json`` (``bermo-prune bench`` outputs of
+``benchmarks/specs/pruner_quality_{short,full}.yaml``; a missing budget is skipped) and writes into
+the same folder:
+
+  summary.json         rows {"budget", "pruner", "sparsity", "seeds", "mean_metric", "std_metric",
+                       "dense_metric", "retention", "diverged"} (BERT only; retention = mean metric /
+                       the dense control of the same budget, trained as long)
+  summary.md           one table per budget, and the issue's targets, met or not
+  accuracy_<budget>.png  dev accuracy against sparsity, one line per pruner
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bermo_prune.bench.report import summarize  # noqa: E402
+from bermo_prune.bench.results import load_results  # noqa: E402
+from bermo_prune.io import write_json_atomic  # noqa: E402
+
+BUDGETS = ("short", "full")
+RANDOM, ANCHOR, DENSE = "random", "one-shot-magnitude", "dense"
+
+
+def rows_for(budget: str, results: list[dict]) -> list[dict]:
+    rows = []
+    for r in summarize([x for x in results if x.get("arch") == "bert"]):
+        if r["pruner"] == DENSE:
+            continue
+        rows.append({"budget": budget, "pruner": r["pruner"], "sparsity": r["target_sparsity"], "seeds": r["seeds"],
+                     "mean_metric": r["metric_mean"], "std_metric": r["metric_std"], "dense_metric": r["dense_mean"],
+                     "retention": r["retention"], "diverged": r["diverged"]})
+    return rows
+
+
+def targets(rows: list[dict]) -> list[str]:
+    """The issue's targets, each with whether this data meets it (or cannot say yet)."""
+    lines = []
+    cell = {(r["budget"], r["pruner"], r["sparsity"]): r for r in rows}
+    gradual = [r for r in rows if r["pruner"] not in (RANDOM, ANCHOR) and r["mean_metric"] is not None]
+
+    def best(budget, sparsity):
+        found = [r for r in gradual if r["budget"] == budget and r["sparsity"] == sparsity and r["retention"]]
+        return max(found, key=lambda r: r["retention"], default=None)
+
+    for budget, sparsity, goal in (("full", 0.9, 0.97), ("full", 0.95, 0.93), ("short", 0.9, 0.93)):
+        top = best(budget, sparsity)
+        if top is None:
+            lines.append(f"- {budget} budget, {sparsity:.0%}: best pruner keeps >= {goal:.0%} of dense: no data yet")
+            continue
+        verdict = "met" if top["retention"] >= goal else "missed"
+        lines.append(f"- {budget} budget, {sparsity:.0%}: best pruner keeps >= {goal:.0%} of dense: {verdict} "
+                     f"({top['pruner']} {top['retention']:.1%})")
+    top, anchor = best("short", 0.9), cell.get(("short", ANCHOR, 0.9))
+    if top and anchor and anchor["mean_metric"] is not None:
+        margin = 100 * (top["mean_metric"] - anchor["mean_metric"])
+        lines.append(f"- short budget, 90%: best pruner beats the torch.nn.utils.prune anchor by >= 2 points: "
+                     f"{'met' if margin >= 2 else 'missed'} ({margin:+.1f})")
+    below = [f"{r['budget']} {r['pruner']} {r['sparsity']:.0%}" for r in gradual
+             if (floor := cell.get((r["budget"], RANDOM, r["sparsity"]))) and floor["mean_metric"] is not None
+             and r["mean_metric"] <= floor["mean_metric"]]
+    lines.append("- every pruner beats random masks at every sparsity: " + ("met" if not below else "missed (" + ", ".join(below) + ")"))
+    return lines
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["# Pruning quality: accuracy kept against the dense control", "",
+             "BERT (MiniLM-L6), SST-2 dev accuracy x100, mean over seeds; retention = accuracy / the dense control of "
+             "the same budget.", ""]
+    for budget in BUDGETS:
+        mine = [r for r in rows if r["budget"] == budget]
+        if not mine:
+            continue
+        lines += [f"## {budget} budget", "", "| pruner | sparsity | seeds | accuracy | std | dense | retention | diverged |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in sorted(mine, key=lambda r: (r["sparsity"], r["pruner"])):
+            accuracy = "-" if r["mean_metric"] is None else f"{100 * r['mean_metric']:.1f}"
+            std = "-" if r["std_metric"] is None else f"{100 * r['std_metric']:.1f}"
+            dense = "-" if r["dense_metric"] is None else f"{100 * r['dense_metric']:.1f}"
+            retention = "-" if r["retention"] is None else f"{r['retention']:.1%}"
+            lines.append(f"| {r['pruner']} | {r['sparsity']:.0%} | {r['seeds']} | {accuracy} | {std} | {dense} | {retention} | {r['diverged']} |")
+        lines += ["", f"![accuracy against sparsity, {budget} budget](accuracy_{budget}.png)", ""]
+    lines += ["## Targets", "", *targets(rows), ""]
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], budget: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for pruner in sorted({r["pruner"] for r in rows if r["budget"] == budget}):
+        points = sorted((r["sparsity"], r["mean_metric"]) for r in rows
+                        if r["budget"] == budget and r["pruner"] == pruner and r["mean_metric"] is not None)
+        if points:
+            style = "--" if pruner in (RANDOM, ANCHOR) else "-"
+            ax.plot([100 * s for s, _ in points], [100 * m for _, m in points], style, marker="o", label=pruner)
+    dense = next((r["dense_metric"] for r in rows if r["budget"] == budget and r["dense_metric"]), None)
+    if dense:
+        ax.axhline(100 * dense, color="grey", lw=0.8, label="dense")
+    ax.set(xlabel="sparsity of the encoder Linear weights (%)", ylabel="SST-2 dev accuracy", title=f"{budget} budget")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("results", type=Path, help="folder with short/ and full/ sweep outputs")
+    args = parser.parse_args()
+    rows = []
+    for budget in BUDGETS:
+        if (args.results / budget / "runs").is_dir():
+            rows += rows_for(budget, load_results(args.results / budget))
+    if not rows:
+        sys.exit(f"no finished runs under {args.results}/short or {args.results}/full")
+    write_json_atomic(args.results / "summary.json", rows)
+    (args.results / "summary.md").write_text(markdown(rows))
+    for budget in BUDGETS:
+        if any(r["budget"] == budget for r in rows):
+            plot(rows, budget, args.results / f"accuracy_{budget}.png")
+    print(markdown(rows))
+
+
+if __name__ == "__main__":
+    main()
