@@ -198,7 +198,7 @@ def evaluate(checkpoint, task, data_dir, max_length, arch, threads, as_json):
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
-    runtime = f", ONNX Runtime {result['precision']}" if 'runtime' in result else ''
+    runtime = f", ONNX Runtime {result['precision']}" if "runtime" in result else ""
     table = Table(title=f"{result['task']} dev ({result['examples']} examples{runtime})")
     table.add_column("metric")
     table.add_column("value", justify="right")

@@ -13,11 +13,11 @@ import transformers
 
 import bermo_prune
 from bermo_prune.data import compute_metrics, get_task, load_split, tokenize_dataset
+from bermo_prune.deploy import load_for_inference
 from bermo_prune.errors import BermoPruneError
 from bermo_prune.io import resumable_output, work_dir_for, write_json_atomic
 from bermo_prune.model_card import write_model_card
 from bermo_prune.models import load_classifier
-from bermo_prune.deploy import load_for_inference
 from bermo_prune.models.load import COMPACT_BERT, checkpoint_arch, is_onnx_export, require_trained_head, resolve_checkpoint
 from bermo_prune.pruning.distributed import is_main_process
 from bermo_prune.pruning.masks import select_modules, sparsity_report
