@@ -111,6 +111,11 @@ def _session(path: Path, threads: int | None = None):
     ort = _onnx_libraries()
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only
+    # ONNX Runtime's threads spin for a while after each run by default, holding the cores that
+    # PyTorch (training, a tokenizer, another model being timed) needs next: measured at batch 1,
+    # a PyTorch model timed between ONNX Runtime runs ran 3x slower. Idle threads sleep instead.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
