@@ -189,8 +189,9 @@ def evaluate(checkpoint: str, task: str, *, data_dir: str | None = None, max_len
         if (native if native != COMPACT_BERT else "bert") != arch:
             name = ARCH_NAMES.get(native, "compacted BERT")
             raise BermoPruneError(f"{checkpoint} is a {name} checkpoint, not {ARCH_NAMES[arch]} (--arch {arch})")
-    require_trained_head(resolve_checkpoint(checkpoint))
-    model, tokenizer = load_for_inference(resolve_checkpoint(checkpoint), threads)
+    resolved = resolve_checkpoint(checkpoint)
+    require_trained_head(resolved)
+    model, tokenizer = load_for_inference(resolved, threads)
     if model.config.num_labels != spec.num_labels:  # a head for another task would score at random
         raise BermoPruneError(f"{checkpoint} has a {model.config.num_labels}-label head; {spec.name} needs {spec.num_labels}")
     metrics = evaluate_model(model, tokenizer, spec.name, data_dir=data_dir, max_length=max_length, batch_size=batch_size)
@@ -203,8 +204,9 @@ def predict(checkpoint: str, texts: list[str], *, max_length: int = 128, threads
     checkpoint or an ONNX export; a one-output (regression) head gives its score instead."""
     if not texts:
         raise BermoPruneError("give at least one text to predict")
-    require_trained_head(resolve_checkpoint(checkpoint))
-    model, tokenizer = load_for_inference(resolve_checkpoint(checkpoint), threads)
+    resolved = resolve_checkpoint(checkpoint)
+    require_trained_head(resolved)
+    model, tokenizer = load_for_inference(resolved, threads)
     pairs = [text.split("\t", 1) for text in texts]
     if any(len(p) == 2 for p in pairs) and not all(len(p) == 2 for p in pairs):
         raise BermoPruneError("either every text is a sentence pair (split by a tab) or none is")
