@@ -21,6 +21,7 @@ to the logits' scale; what quantisation costs in accuracy is measured by ``evalu
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -35,7 +36,7 @@ from bermo_prune.errors import BermoPruneError, first_line
 from bermo_prune.export import sha256
 from bermo_prune.io import staged_output, write_json_atomic
 from bermo_prune.models.load import (
-    ONNX_MANIFEST, check_tokenizer_fits, is_onnx_export, load_classifier, require_trained_head, resolve_checkpoint,
+    ONNX_MANIFEST, check_tokenizer_fits, is_onnx_export, load_trained_classifier, resolve_checkpoint,
 )
 
 FORMAT, VERSION = "bermo-prune-onnx", 1
@@ -88,14 +89,25 @@ def check_batch(tokenizer) -> dict[str, torch.Tensor]:
     return {name: batch[name] for name in INPUTS}
 
 
+@contextlib.contextmanager
+def _errors_only(logger_name: str | None):
+    """Let the named logger (None: the root logger) pass only errors while the block runs."""
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _torch_export(model, batch: dict[str, torch.Tensor], path: Path, opset: int) -> None:
     dynamic = {name: {0: torch.export.Dim.DYNAMIC, 1: torch.export.Dim.DYNAMIC} for name in INPUTS}
-    exporter_logger = logging.getLogger("torch.onnx")  # notes about torchvision ops this model has none of
-    level = exporter_logger.level
-    exporter_logger.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the exporter's deprecation chatter, not about this model
+        # The exporter's notes about torchvision ops (this model has none) and its deprecation
+        # chatter are not about this model.
+        with _errors_only("torch.onnx"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             torch.onnx.export(
                 _LogitsOnly(model).eval(), args=(), kwargs=batch, f=str(path), input_names=list(INPUTS),
                 output_names=["logits"], dynamic_shapes=dynamic, opset_version=opset, dynamo=True,
@@ -103,8 +115,6 @@ def _torch_export(model, batch: dict[str, torch.Tensor], path: Path, opset: int)
             )
     except Exception as exc:  # the exporter's boundary: any failure is this model's, in one line
         raise BermoPruneError(f"torch.onnx.export failed: {first_line(exc)}") from None
-    finally:
-        exporter_logger.setLevel(level)
 
 
 def _session(path: Path, threads: int | None = None):
@@ -152,9 +162,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, precision: str = "fp
     if precision not in PRECISIONS:
         raise BermoPruneError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
     _onnx_libraries()
-    require_trained_head(resolve_checkpoint(checkpoint))  # a random head would be exported as if trained
-    model, tokenizer = load_classifier(checkpoint, None, num_labels=None)
-    model.eval()
+    model, tokenizer = load_trained_classifier(checkpoint)  # a random head would be exported as if trained
     batch = check_batch(tokenizer)
     with torch.inference_mode():
         expected = model(**batch).logits.numpy()
@@ -193,8 +201,6 @@ def _quantize_dynamic(source: Path, target: Path) -> None:
 
     source, target = source.resolve(), target.resolve()  # the working directory changes below
     prepared = source.with_suffix(".prepared.onnx")
-    root_logger = logging.getLogger()  # the quantiser warns through the root logger
-    level = root_logger.level
     cwd = os.getcwd()
     try:
         # ONNX's tools can leave uuid-named weight files in the working directory when they fail:
@@ -203,13 +209,12 @@ def _quantize_dynamic(source: Path, target: Path) -> None:
         # ONNX Runtime's pre-processing (ONNX shape inference, graph optimisation), as its
         # quantisation guide asks; its symbolic shape inference does not follow torch's dynamic axes.
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
-        root_logger.setLevel(logging.ERROR)
-        quantize_dynamic(str(prepared), str(target), weight_type=QuantType.QInt8)
+        with _errors_only(None):  # the quantiser warns through the root logger
+            quantize_dynamic(str(prepared), str(target), weight_type=QuantType.QInt8)
     except Exception as exc:
         raise BermoPruneError(f"INT8 quantisation failed: {first_line(exc)}") from None
     finally:
         os.chdir(cwd)
-        root_logger.setLevel(level)
         prepared.unlink(missing_ok=True)
 
 
@@ -297,7 +302,7 @@ def load_onnx(directory: str | Path, threads: int | None = None):
 
 def load_for_inference(checkpoint: str | Path, threads: int | None = None):
     """(model, tokenizer) for a PyTorch checkpoint or an ONNX export, both called as ``model(**batch)``."""
+    checkpoint = resolve_checkpoint(checkpoint)
     if is_onnx_export(checkpoint):
         return load_onnx(checkpoint, threads)
-    model, tokenizer = load_classifier(checkpoint, None, num_labels=None)
-    return model.eval(), tokenizer
+    return load_trained_classifier(checkpoint)

@@ -18,7 +18,7 @@ from bermo_prune.errors import BermoPruneError
 from bermo_prune.io import resumable_output, work_dir_for, write_json_atomic
 from bermo_prune.model_card import write_model_card
 from bermo_prune.models import load_classifier
-from bermo_prune.models.load import COMPACT_BERT, checkpoint_arch, is_onnx_export, require_trained_head, resolve_checkpoint
+from bermo_prune.models.load import COMPACT_BERT, checkpoint_arch, is_onnx_export, resolve_checkpoint
 from bermo_prune.pruning.distributed import is_main_process
 from bermo_prune.pruning.masks import select_modules, sparsity_report
 from bermo_prune.pruning.registry import get_pruner_class
@@ -184,13 +184,12 @@ def evaluate(checkpoint: str, task: str, *, data_dir: str | None = None, max_len
     """Dev metrics of a saved checkpoint or ONNX export; with ``arch``, refuse a checkpoint of
     another arch. ``threads`` sets ONNX Runtime's thread count (PyTorch's is torch's setting)."""
     spec = get_task(task)
+    resolved = resolve_checkpoint(checkpoint)
     if arch is not None:
-        native = checkpoint_arch(resolve_checkpoint(checkpoint))
+        native = checkpoint_arch(resolved)
         if (native if native != COMPACT_BERT else "bert") != arch:
             name = ARCH_NAMES.get(native, "compacted BERT")
             raise BermoPruneError(f"{checkpoint} is a {name} checkpoint, not {ARCH_NAMES[arch]} (--arch {arch})")
-    resolved = resolve_checkpoint(checkpoint)
-    require_trained_head(resolved)
     model, tokenizer = load_for_inference(resolved, threads)
     if model.config.num_labels != spec.num_labels:  # a head for another task would score at random
         raise BermoPruneError(f"{checkpoint} has a {model.config.num_labels}-label head; {spec.name} needs {spec.num_labels}")
@@ -204,9 +203,7 @@ def predict(checkpoint: str, texts: list[str], *, max_length: int = 128, threads
     checkpoint or an ONNX export; a one-output (regression) head gives its score instead."""
     if not texts:
         raise BermoPruneError("give at least one text to predict")
-    resolved = resolve_checkpoint(checkpoint)
-    require_trained_head(resolved)
-    model, tokenizer = load_for_inference(resolved, threads)
+    model, tokenizer = load_for_inference(checkpoint, threads)
     pairs = [text.split("\t", 1) for text in texts]
     if any(len(p) == 2 for p in pairs) and not all(len(p) == 2 for p in pairs):
         raise BermoPruneError("either every text is a sentence pair (split by a tab) or none is")

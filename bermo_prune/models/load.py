@@ -102,6 +102,15 @@ TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
 VOCABULARY_SLACK = 0.9
 
 
+def load_trained_classifier(checkpoint: str | Path):
+    """(model in eval mode, tokenizer) to score with: the checkpoint's native arch and its own
+    trained head, refused when it has none. Inference and export load through here."""
+    checkpoint = resolve_checkpoint(checkpoint)
+    require_trained_head(checkpoint)
+    model, tokenizer = load_classifier(checkpoint, None, num_labels=None)
+    return model.eval(), tokenizer
+
+
 def require_trained_head(checkpoint: str) -> None:
     """Refuse to score with a classifier head that the checkpoint does not have: transformers would
     add a random one, and its predictions would look like any others."""
