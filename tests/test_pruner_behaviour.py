@@ -228,6 +228,16 @@ def test_soft_movement_refuses_a_penalty_it_would_ignore():
         make("soft_movement", {"strength": "schedule"})
 
 
+def test_soft_movement_warns_when_its_scores_start_inside_the_lr_warmup():
+    # 200 steps, LR warm-up to step 20 (the default 10%); the scores start 9 steps before the window.
+    early = {"score_lr": 0.25}  # lookahead: margin 2.2 / score_lr 0.25 -> 9 steps
+    _, inside = make("soft_movement", early, total=200, schedule={"shape": "cubic", "start": 0.1, "end": 0.7})
+    _, after = make("soft_movement", early, total=200, schedule={"shape": "cubic", "start": 0.25, "end": 0.7})
+    assert inside.first_active_step() < 20 <= after.first_active_step()
+    assert any("inside the learning-rate warm-up" in w for w in inside.plan()["warnings"])
+    assert not any("warm-up" in w for w in after.plan()["warnings"])
+
+
 def test_soft_movement_strength_survives_a_resume():
     model, pruner = make("soft_movement")
     train(model, pruner, pruner.schedule.start_step + 5)
