@@ -27,6 +27,7 @@ on this budget reaches 86.0).
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import platform
 import re
@@ -206,6 +207,18 @@ def main(argv=None) -> None:
             print(f"  dev accuracy {result['accuracy']:.4f} (top class {result['majority_class_fraction']:.1%}), "
                   f"achieved sparsity {result['achieved_sparsity']:.4f}, {result['wall_time_s']:.0f} s -> {path}",
                   flush=True)
+    write_summary(out)
+
+
+def write_summary(out: Path) -> None:
+    """summary.md: one row per finished run (whatever is in --out)."""
+    rows = [json.loads(path.read_text()) for path in sorted(out.glob("nni-movement-*.json"))]
+    lines = ["| target sparsity | seed | SST-2 dev accuracy | achieved sparsity | collapsed | top class | wall time (s) |",
+             "|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r["target_sparsity"], r["seed"])):
+        lines.append(f"| {r['target_sparsity']:.0%} | {r['seed']} | {100 * r['accuracy']:.1f} | {r['achieved_sparsity']:.3f} | "
+                     f"{'yes' if r['collapsed'] else 'no'} | {r['majority_class_fraction']:.1%} | {r['wall_time_s']:.0f} |")
+    (out / "summary.md").write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
