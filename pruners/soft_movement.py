@@ -25,10 +25,20 @@ here) to cross once the penalty drives it, a dead time in which a controller tha
 threshold sparsity sees nothing and keeps raising lambda: measured at 50%, lambda hit its cap,
 then a whole cohort crossed and the sparsity ran 9 points past the schedule, for good (a crossed
 score has no force pulling it back once lambda falls). So the controller watches a prediction
-instead: every ``VELOCITY_STEPS`` steps each score is extrapolated ``lookahead`` steps ahead at
-the speed it fell over the last ``VELOCITY_STEPS`` steps (once it has covered half the margin),
-and the share of predicted crossings is compared with the schedule ``lookahead`` steps ahead. ``strength: schedule`` is the paper's plain
-form, lambda ramped by the recipe's ``penalty`` schedule; the sparsity is then whatever it gives.
+instead: every ``VELOCITY_STEPS`` steps, each score that the penalty drives (it fell by at least
+``DRIVEN_SHARE`` of Adam's full speed over the last ``VELOCITY_STEPS`` steps) is extrapolated
+``lookahead`` steps ahead at that speed, and the share of predicted crossings (with those already
+crossed) is compared with the schedule ``lookahead`` steps ahead. Two more rules, each from a
+measured failure. Lambda changes only once Adam's first steps are past (they move every score at
+full speed, whatever its gradient). And once the threshold sparsity itself runs ahead of the
+schedule, the penalty pauses (lambda is held at 0 in the loss, and its controller state falls with
+the lead): the prediction misses scores that fall slowly, and with lambda still high at the end of
+the window the sparsity ran 5-9 points past the target, to be undone by the freeze. An earlier
+controller that counted only scores past half of the margin saw nothing for ~30 steps after the
+penalty started, raised lambda 200-fold meanwhile, and then let a 30% cohort cross within 20 steps
+(in-window gaps up to 15.5 points in ``benchmarks/results/pruner_health`` before this change).
+``strength: schedule`` is the paper's plain form, lambda ramped by the recipe's ``penalty``
+schedule; the sparsity is then whatever it gives.
 
 Under feedback the penalty and the scores start ``lookahead`` steps before the window, so that the
 first crossings land as the window opens instead of a dead time into it. Before that the masks
@@ -59,6 +69,9 @@ from .movement import LearnedScoreMask
 # How often the crossing prediction is refreshed, and over how many steps each score's speed is
 # measured: long enough to average Adam's momentum, short against the 44-step dead time.
 VELOCITY_STEPS = 10
+# A score counts as driven by the penalty once it falls at this share of Adam's full speed (score_lr
+# per step); scores the task gradient holds wander at a few tenths of it.
+DRIVEN_SHARE = 0.5
 
 
 def logit(p: float) -> float:
@@ -72,9 +85,9 @@ class SoftMovementOptions(BaseModel):
     threshold: float = Field(0.1, gt=0, lt=1, description="keep a weight while sigmoid(S) > threshold")
     strength: Literal["feedback", "schedule"] = Field(
         "feedback", description="feedback: lambda follows the sparsity schedule; schedule: the recipe's penalty ramp")
-    initial_lambda: float = Field(10.0, gt=0, description="feedback: lambda when the window opens")
+    initial_lambda: float = Field(100.0, gt=0, description="feedback: lambda when the window opens")
     max_lambda: float = Field(1e4, gt=0, description="feedback: upper bound of lambda")
-    gain: float = Field(0.5, gt=0, description="feedback: log(lambda) change per step and unit of sparsity gap")
+    gain: float = Field(0.25, gt=0, description="feedback: log(lambda) change per step and unit of sparsity gap")
     lookahead: int | None = Field(None, ge=0, description="feedback: steps ahead the crossings are predicted "
                                   "(default: the margin over score_lr, the steps a driven score takes to cross; "
                                   "0 watches the threshold sparsity itself)")
@@ -87,7 +100,6 @@ class ThresholdMask(LearnedScoreMask):
     def __init__(self, shape, init_score, threshold, device=None):
         super().__init__(shape, init_score, device=device)
         self.logit_threshold = logit(threshold)
-        self.halfway = (init_score + self.logit_threshold) / 2
         self.register_buffer("scores_then", torch.full(shape, float(init_score), device=device))
         self.learning = True  # False: the scores get no gradient (outside the window)
 
@@ -100,16 +112,15 @@ class ThresholdMask(LearnedScoreMask):
         return weight * self.hard_mask().to(weight.dtype)
 
     @torch.no_grad()
-    def predicted_crossings(self, lookahead: int) -> int:
-        """How many scores are below the threshold within ``lookahead`` steps if each that has
-        covered half of the margin goes on falling as fast as it fell over the last
-        ``VELOCITY_STEPS`` steps. Scores still in the upper half only jitter or have just set off
-        (Adam's first steps move every score by about ``score_lr``, whatever its gradient): counting
-        them predicted crossings that never came (measured on BERMo at 50%: a predicted 69% at the
-        window's start, with none crossed, sent lambda from 10 to 0.09)."""
-        falling = (self.scores - self.scores_then).clamp(max=0.0)
-        falling = torch.where(self.scores < self.halfway, falling, torch.zeros_like(falling))
-        ahead = self.scores + falling * (lookahead / VELOCITY_STEPS)
+    def predicted_crossings(self, lookahead: int, driven_fall: float) -> int:
+        """How many scores are below the threshold within ``lookahead`` steps if each score that the
+        penalty drives goes on falling as fast as it fell over the last ``VELOCITY_STEPS`` steps. A
+        score counts as driven once it fell by at least ``driven_fall`` in that time (about half of
+        Adam's full speed): scores whose task gradient outweighs the penalty only jitter, and
+        counting their small falls predicted crossings that never came."""
+        fall = (self.scores - self.scores_then).clamp(max=0.0)
+        fall = torch.where(fall <= -driven_fall, fall, torch.zeros_like(fall))
+        ahead = self.scores + fall * (lookahead / VELOCITY_STEPS)
         return int((ahead <= self.logit_threshold).sum())
 
 
@@ -133,6 +144,7 @@ class SoftMovementPruner(Pruner):
         self.lookahead = o.lookahead if o.lookahead is not None else math.ceil(margin / o.score_lr)
         self.strength = FeedbackStrength(o.initial_lambda, o.gain, min(o.initial_lambda, 1e-3), o.max_lambda)
         self.predicted_sparsity: float | None = None
+        self.paused = False  # feedback: the sparsity ran ahead of the schedule, the penalty waits
 
     def make_parametrization(self, name, module):
         o = self.options
@@ -151,7 +163,7 @@ class SoftMovementPruner(Pruner):
     def current_lambda(self) -> float:
         if self.options.strength == "schedule":
             return self.current_penalty_weight()
-        return self.strength.value if self.active(self.step) else 0.0
+        return self.strength.value if self.active(self.step) and not self.paused else 0.0
 
     def loss_terms(self):
         weight = self.current_lambda()
@@ -189,12 +201,24 @@ class SoftMovementPruner(Pruner):
         if (step - first) % VELOCITY_STEPS:
             return
         params = list(self.parametrizations().values())
-        if step > first:  # at the first step no score has moved yet
-            crossings = sum(p.predicted_crossings(self.lookahead) for p in params)
+        # Adam's first steps move every score by about score_lr whatever its gradient (its moments
+        # are estimated from a handful of gradients): the first speeds are measured after them.
+        if step >= first + 2 * VELOCITY_STEPS:
+            driven_fall = DRIVEN_SHARE * self.options.score_lr * VELOCITY_STEPS
+            crossings = sum(p.predicted_crossings(self.lookahead, driven_fall) for p in params)
             self.predicted_sparsity = crossings / sum(p.scores.numel() for p in params)
             ahead = self.schedule(min(step + self.lookahead, self.schedule.end_step))
+            gap = ahead - self.predicted_sparsity
+            # Crossings are for good (nothing pulls a crossed score back up) and the prediction
+            # misses scores that fall slowly: once the sparsity itself is ahead of the schedule the
+            # penalty pauses (the scores in flight stop within Adam's momentum, ~10 steps) and
+            # lambda falls with that lead, so that it resumes weaker.
+            lead = self.current_sparsity() - self.schedule(step)
+            self.paused = lead > 0
+            if self.paused:
+                gap = min(gap, -lead)
             # One update stands for VELOCITY_STEPS steps: the gain is per step.
-            self.strength.update(ahead, self.predicted_sparsity, steps=VELOCITY_STEPS)
+            self.strength.move(gap, steps=VELOCITY_STEPS)
         with torch.no_grad():
             for p in params:
                 p.scores_then.copy_(p.scores)
@@ -226,13 +250,15 @@ class SoftMovementPruner(Pruner):
         return summary
 
     def state_dict(self):
-        return {**super().state_dict(), "lambda.log_value": self.strength.log_value.clone()}
+        return {**super().state_dict(), "lambda.log_value": self.strength.log_value.clone(),
+                "lambda.paused": torch.tensor(self.paused)}
 
     def load_state_dict(self, state):
         super().load_state_dict(state)
         self._learn_in_window()
         if "lambda.log_value" in state:  # absent in checkpoints of older versions
             self.strength.load_state_dict({"log_value": state["lambda.log_value"]})
+        self.paused = bool(state.get("lambda.paused", False))
 
     def param_groups(self):
         scores = [p.scores for p in self.parametrizations().values()]

@@ -178,37 +178,63 @@ def test_soft_movement_predicts_crossings_from_each_scores_fall():
     _, pruner = make("soft_movement")
     mask = next(iter(pruner.parametrizations().values()))
     threshold = mask.logit_threshold  # logit(0.1) = -2.197
+    driven = 0.25  # a fall of at least 0.25 in 10 steps counts as driven by the penalty
     with torch.no_grad():
         mask.scores.zero_()
         mask.scores_then.zero_()
         flat, then = mask.scores.view(-1), mask.scores_then.view(-1)
-        flat[:3] = torch.tensor([-2.5, -1.2, -1.2])  # crossed already; halfway and falling 1.0 ...
+        flat[:3] = torch.tensor([-2.5, -1.2, -1.2])  # crossed already; falling 1.0 ...
         then[:3] = torch.tensor([-2.5, -0.2, -0.8])  # ... per 10 steps; and 0.4 per 10 steps
         flat[3], then[3] = -2.0, -2.1  # rising: stays
-        flat[4], then[4] = -0.5, 0.5  # falls fast, but has not covered half the margin: not counted
-    assert mask.predicted_crossings(0) == 1  # the threshold sparsity itself
-    assert mask.predicted_crossings(20) == 2  # -1.2 - 2 * 1.0 < -2.197; -1.2 - 2 * 0.4 > -2.197
-    assert mask.predicted_crossings(30) == 3
-    assert mask.predicted_crossings(100) == 3
+        flat[4], then[4] = -0.5, 0.5  # falls fast from far above: counted as well
+        flat[5], then[5] = -1.9, -1.8  # jitters down by 0.1, under the driven fall: never counted
+    assert mask.predicted_crossings(0, driven) == 1  # the threshold sparsity itself
+    assert mask.predicted_crossings(20, driven) == 3  # -1.2 - 2 * 1.0 and -0.5 - 2 * 1.0 < -2.197; -1.2 - 2 * 0.4 not
+    assert mask.predicted_crossings(30, driven) == 4
+    assert mask.predicted_crossings(100, driven) == 4  # -1.9 - 10 * 0.1 would cross, but jitter is not a trend
     assert int((~mask.hard_mask()).sum()) == 1 and threshold == pytest.approx(-2.1972, abs=1e-4)
 
 
 def test_soft_movement_feedback_follows_the_prediction_not_the_threshold():
     """Scores on their way down raise the prediction, and lambda falls before any has crossed."""
     _, pruner = make("soft_movement", target=0.5, total=600)
-    first = pruner.first_active_step() + 10
-    pruner.on_step_end(first)  # takes a snapshot of the scores
+    first = pruner.first_active_step()
+    initial = pruner.strength.value
+    pruner.on_step_end(first + 10)  # Adam's first steps are not measured: a snapshot only
+    assert pruner.predicted_sparsity is None and pruner.strength.value == initial
     with torch.no_grad():
         for p in pruner.parametrizations().values():
-            p.scores.fill_(-1.2)  # every score fell by 1.2 in 10 steps, past halfway: all cross within 9 more
-    before = pruner.strength.value
-    pruner.on_step_end(first + 10)
+            p.scores.fill_(-1.2)  # every score fell by 1.2 in 10 steps: all cross within 9 more
+    pruner.on_step_end(first + 20)
     assert pruner.current_sparsity() == 0.0 and pruner.predicted_sparsity == 1.0
     lowered = pruner.strength.value
-    assert lowered < before
-    pruner.on_step_end(first + 20)  # no score moved since: nothing predicted, lambda rises again
+    assert lowered < initial
+    pruner.on_step_end(first + 30)  # no score moved since: nothing predicted, lambda rises again
     assert pruner.predicted_sparsity == 0.0 and pruner.strength.value > lowered
     assert pruner.current_sparsity() == 0.0
+
+
+def test_soft_movement_penalty_pauses_while_the_sparsity_runs_ahead_of_the_schedule():
+    """Crossings are for good, so a lead over the schedule is only undone by waiting: the penalty
+    stops (and lambda falls) until the schedule has caught up."""
+    _, pruner = make("soft_movement", target=0.5, total=600)
+    first = pruner.first_active_step()
+    assert first + 20 < pruner.schedule.start_step  # the schedule still asks for 0 there
+    pruner.on_step_end(first + 10)
+    before = pruner.strength.value
+    params = list(pruner.parametrizations().values())
+    with torch.no_grad():
+        for p in params:
+            p.scores.view(-1)[::2] = -3.0  # half of the weights crossed
+    pruner.on_step_end(first + 20)
+    assert pruner.current_sparsity() == pytest.approx(0.5, abs=0.01)
+    assert pruner.paused and pruner.current_lambda() == 0.0 and pruner.loss_terms() == {}
+    assert pruner.strength.value < before
+    with torch.no_grad():
+        for p in params:
+            p.scores.zero_()  # back above the threshold: no lead, the penalty acts again
+    pruner.on_step_end(first + 30)
+    assert not pruner.paused and pruner.current_lambda() > 0 and "penalty" in pruner.loss_terms()
 
 
 def test_soft_movement_without_penalty_does_not_prune():

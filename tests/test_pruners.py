@@ -490,6 +490,29 @@ def test_movement_update_keeps_the_top_scores():
     assert torch.equal(p.mask, torch.tensor([[1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 1.0, 0.0]]))
 
 
+
+@pytest.mark.parametrize("regrow", [True, False])
+def test_movement_regrow_decides_whether_a_pruned_weight_comes_back(regrow):
+    model = nn.Sequential(nn.Linear(4, 2, bias=False))
+    r = recipe("movement", {"regrow": regrow}, targets={"include": [r"^0$"]}, target_sparsity=0.5)
+    pruner = get_pruner_class("movement")(r)
+    pruner.attach(model, 10)
+    p = pruner.parametrizations()["0"]
+    with torch.no_grad():
+        p.scores.copy_(torch.tensor([[5.0, -1.0, 3.0, 0.0], [-2.0, 4.0, 1.0, -3.0]]))
+    pruner.update(0.25)  # prunes -3 and -2
+    assert torch.equal(p.mask, torch.tensor([[1.0, 1.0, 1.0, 1.0], [0.0, 1.0, 1.0, 0.0]]))
+    with torch.no_grad():
+        p.scores[1, 0] = 9.0  # the pruned -2 now moves away from zero fastest
+    pruner.update(0.5)
+    if regrow:  # the paper's top-k: it is back, and 1 goes with -3, -1 and 0
+        assert torch.equal(p.mask, torch.tensor([[1.0, 0.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.0]]))
+    else:  # nested: what was pruned stays pruned, and the two lowest kept scores (-1, 0) join it
+        assert torch.equal(p.mask, torch.tensor([[1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 1.0, 0.0]]))
+    pruner.freeze()
+    assert int((p.mask == 0).sum()) == 4
+
+
 # --- hard-concrete gates ---------------------------------------------------------------------
 
 

@@ -34,9 +34,12 @@ class FeedbackStrength:
 
     def update(self, target: float, achieved: float, steps: int = 1) -> None:
         """One feedback step; ``steps`` > 1 when one measurement stands for that many steps."""
+        self.move(target - achieved, steps)
+
+    def move(self, gap: float, steps: int = 1) -> None:
+        """One feedback step on a gap the caller has worked out (positive: lambda grows)."""
         low, high = self.bounds
-        change = self.gain * steps * (target - achieved)
-        self.log_value.fill_(min(high, max(low, float(self.log_value) + change)))
+        self.log_value.fill_(min(high, max(low, float(self.log_value) + self.gain * steps * gap)))
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"log_value": self.log_value.clone()}
