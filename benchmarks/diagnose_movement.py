@@ -55,6 +55,32 @@ def accuracy(model, dev, collate) -> float:
     return correct / len(dev)
 
 
+def study_optimizer(model, total: int):
+    """AdamW 5e-5 with the study's learning-rate schedule: linear warm-up over 10% of max(total, 500)
+    steps, then linear decay to 0 at that step."""
+    horizon = max(total, 500)
+    warmup = math.ceil(0.1 * horizon)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min((s + 1) / warmup, max(0.0, (horizon - s) / (horizon - warmup))))
+    return optimizer, schedule, warmup
+
+
+def train_step(model, batch, optimizer, schedule, after_backward=None) -> torch.Tensor:
+    """One step of the study's dense training (clipping 1.0); ``after_backward`` sees the raw
+    gradients before clipping (to accumulate movement scores or mask gradients)."""
+    loss = model(**batch).loss
+    loss.backward()
+    if after_backward is not None:
+        with torch.no_grad():
+            after_backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    schedule.step()
+    optimizer.zero_grad()
+    return loss
+
+
 def masked_accuracy(model, modules, masks, dev, collate) -> float:
     saved = {name: m.weight.detach().clone() for name, m in modules.items()}
     with torch.no_grad():
@@ -117,33 +143,25 @@ def main():
 
     total = checkpoints[-1]
     per_epoch = len(train) // 32
-    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5, weight_decay=0.0)
-    warmup = math.ceil(0.1 * max(total, 500))
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min((s + 1) / warmup, max(0.0, (max(total, 500) - s) / (max(total, 500) - warmup)))
-    )
+    optimizer, schedule, warmup = study_optimizer(model, total)
     generator = torch.Generator().manual_seed(args.seed)
+    def accumulate_scores(step):
+        for name, m in modules.items():
+            movement = m.weight.grad * m.weight
+            scores[name].sub_(movement)
+            absolute[name].add_(movement.abs())
+            if step >= warmup:
+                late[name].sub_(movement)
+            adam_m[name].mul_(0.9).add_(movement, alpha=0.1)
+            adam_v[name].mul_(0.999).addcmul_(movement, movement, value=0.001)
+            m_hat, v_hat = adam_m[name] / (1 - 0.9 ** (step + 1)), adam_v[name] / (1 - 0.999 ** (step + 1))
+            adam_s[name].sub_(m_hat / (v_hat.sqrt() + 1e-8))
+
     rows, step, started = [], 0, time.time()
     model.train()
     while step < total:
         for batch in batches(train, collate, 32, generator):
-            loss = model(**batch).loss
-            loss.backward()
-            with torch.no_grad():
-                for name, m in modules.items():
-                    movement = m.weight.grad * m.weight
-                    scores[name].sub_(movement)
-                    absolute[name].add_(movement.abs())
-                    if step >= warmup:
-                        late[name].sub_(movement)
-                    adam_m[name].mul_(0.9).add_(movement, alpha=0.1)
-                    adam_v[name].mul_(0.999).addcmul_(movement, movement, value=0.001)
-                    m_hat, v_hat = adam_m[name] / (1 - 0.9 ** (step + 1)), adam_v[name] / (1 - 0.999 ** (step + 1))
-                    adam_s[name].sub_(m_hat / (v_hat.sqrt() + 1e-8))
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            schedule.step()
-            optimizer.zero_grad()
+            loss = train_step(model, batch, optimizer, schedule, lambda: accumulate_scores(step))
             step += 1
             if step in checkpoints:
                 row = {"step": step, "train_loss": float(loss), "dense": accuracy(model, dev, collate)}

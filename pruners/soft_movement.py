@@ -40,11 +40,11 @@ penalty started, raised lambda 200-fold meanwhile, and then let a 30% cohort cro
 ``strength: schedule`` is the paper's plain form, lambda ramped by the recipe's ``penalty``
 schedule; the sparsity is then whatever it gives.
 
-Under feedback the penalty and the scores start ``lookahead + 2 * VELOCITY_STEPS`` steps before the
-window, so that the first prediction (made once Adam's first steps are past) is of the crossings at
-the window's opening. With a start only ``lookahead`` steps ahead, the first prediction was of the
-crossings 20 steps into the window, lambda stayed at its initial value meanwhile, and the threshold
-sparsity trailed the steep opening of the cubic schedule by up to 16.6 points. Before that the masks
+Under feedback the penalty and the scores start ``lookahead`` steps before the window, so that the
+first crossings land as the window opens instead of a dead time into it. Starting 20 steps earlier still (so that the
+first prediction, made once Adam's first steps are past, is of the window's opening) and a larger
+initial lambda were both tried and did not close the gap at the opening
+(benchmarks/results/soft_movement_probe). Before that the masks
 are all ones and the scores stay where they start, so that the task gradient alone does not carry
 them across the threshold while the schedule asks for no sparsity.
 
@@ -89,7 +89,7 @@ class SoftMovementOptions(BaseModel):
     strength: Literal["feedback", "schedule"] = Field(
         "feedback", description="feedback: lambda follows the sparsity schedule; schedule: the recipe's penalty ramp")
     initial_lambda: float = Field(100.0, gt=0, description="feedback: lambda when the penalty starts "
-                                  "(before the window, see first_active_step)")
+                                  "(`lookahead` steps before the window opens)")
     max_lambda: float = Field(1e4, gt=0, description="feedback: upper bound of lambda")
     gain: float = Field(0.25, gt=0, description="feedback: log(lambda) change per step and unit of sparsity gap")
     lookahead: int | None = Field(None, ge=0, description="feedback: steps ahead the crossings are predicted "
@@ -187,13 +187,11 @@ class SoftMovementPruner(Pruner):
             self._feedback(step)
 
     def first_active_step(self) -> int:
-        """Under feedback the scores learn and the penalty acts from ``lookahead`` steps, plus the
-        ``2 * VELOCITY_STEPS`` before the first prediction, ahead of the window: the first prediction
-        is then of the crossings at the window's opening, where the cubic schedule is steepest."""
+        """Under feedback the scores learn and the penalty acts from ``lookahead`` steps before the
+        window, so that the first crossings land as it opens."""
         if self.options.strength != "feedback":
             return self.schedule.start_step
-        lead = self.lookahead + 2 * VELOCITY_STEPS if self.lookahead else 0
-        return max(0, self.schedule.start_step - lead)
+        return max(0, self.schedule.start_step - self.lookahead)
 
     def active(self, step: int) -> bool:
         """Whether the scores learn and the penalty acts."""

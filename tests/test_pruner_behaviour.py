@@ -163,9 +163,8 @@ def test_soft_movement_penalty_prunes_inside_the_window():
     benchmarks/results/pruner_health)."""
     model, pruner = make("soft_movement", target=0.8, total=800)
     start, end = pruner.schedule.start_step, pruner.schedule.end_step
-    lead = pruner.first_active_step()  # the penalty starts so that its first prediction is of the opening
-    assert pruner.lookahead == 44  # ceil(2.197 / 0.05): the margin over score_lr
-    assert lead == start - 44 - 20 > 0  # 20: Adam's first steps, which the feedback does not measure
+    lead = pruner.first_active_step()  # the penalty starts lookahead steps before the window
+    assert pruner.lookahead == 44 and lead == start - 44 > 0  # ceil(2.197 / 0.05): the margin over score_lr
     lambdas = []
     seen = train(model, pruner, end - 1, lr=1e-4, watch=lambda step, p: lambdas.append(p.current_lambda()))
     assert all(weight == 0.0 for weight in lambdas[: lead - 1]) and lambdas[lead] > 0
