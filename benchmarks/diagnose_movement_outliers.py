@@ -15,7 +15,8 @@ accumulating S, then for each small sparsity:
   relative to the matrix's median column) of the columns they read;
 - dev accuracy when the same top-k of S leaves alone every weight that reads or writes an
   outlier dimension (activation scale above OUTLIER x the median): if that is healthy, the
-  outliers are what kills movement, and protecting them is a fix within the method.
+  outliers are what kills movement, and protecting them is a fix within the method;
+- dev accuracy with the movement masks applied to one kind of matrix, or one layer, at a time.
 Prints one JSON line per sparsity.
 
     OMP_NUM_THREADS=2 python benchmarks/diagnose_movement_outliers.py --steps 500 --sparsities 0.003,0.01,0.03
@@ -40,6 +41,8 @@ from bermo_prune.pruning.masks import select_modules, topk_masks  # noqa: E402
 from bermo_prune.recipes import DEFAULT_INCLUDE  # noqa: E402
 
 OUTLIER = 6.0  # an input dimension is an outlier when its mean |x| is this many times the median
+MATRIX_KINDS = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
+                "intermediate.dense", "output.dense")
 
 
 @torch.no_grad()
@@ -131,6 +134,15 @@ def main():
             "pruned_input_scale_mean": float(pruned_scale.mean()),
             "pruned_on_outlier_columns": float((pruned_scale > OUTLIER).float().mean()),
         }
+        # Which matrices carry the damage: the same masks applied to one kind of matrix (or one
+        # layer) at a time, every other matrix left dense.
+        # names are bert.encoder.layer.N.<kind>
+        groups = {kind: [n for n in modules if n.split(".", 4)[-1] == kind] for kind in MATRIX_KINDS}
+        groups.update({f"layer.{i}": [n for n in modules if f"layer.{i}." in n]
+                       for i in range(model.config.num_hidden_layers)})
+        for group, names in groups.items():
+            only = {n: masks[n] if n in names else torch.ones_like(masks[n]) for n in masks}
+            row[f"movement_only_{group}"] = masked_accuracy(model, modules, only, dev, collate)
         rows.append(row)
         print(json.dumps(row), flush=True)
     if args.out:
