@@ -145,6 +145,7 @@ def main():
     per_epoch = len(train) // 32
     optimizer, schedule, warmup = study_optimizer(model, total)
     generator = torch.Generator().manual_seed(args.seed)
+
     def accumulate_scores(step):
         for name, m in modules.items():
             movement = m.weight.grad * m.weight

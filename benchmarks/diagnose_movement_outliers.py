@@ -117,6 +117,9 @@ def main():
         protected[n] = keep
     shielded = {n: s.masked_fill(protected[n], float("inf")) for n, s in scores.items()}
     random_scores = {n: torch.rand(s.shape, generator=torch.Generator().manual_seed(7)) for n, s in scores.items()}
+    # names are bert.encoder.layer.N.<kind>
+    groups = {kind: [n for n in modules if n.split(".", 4)[-1] == kind] for kind in MATRIX_KINDS}
+    groups.update({f"layer.{i}": [n for n in modules if f"layer.{i}." in n] for i in range(model.config.num_hidden_layers)})
     rows = []
     for sparsity in [float(s) for s in args.sparsities.split(",")]:
         masks = topk_masks(scores, sparsity, "per_layer")
@@ -136,10 +139,6 @@ def main():
         }
         # Which matrices carry the damage: the same masks applied to one kind of matrix (or one
         # layer) at a time, every other matrix left dense.
-        # names are bert.encoder.layer.N.<kind>
-        groups = {kind: [n for n in modules if n.split(".", 4)[-1] == kind] for kind in MATRIX_KINDS}
-        groups.update({f"layer.{i}": [n for n in modules if f"layer.{i}." in n]
-                       for i in range(model.config.num_hidden_layers)})
         for group, names in groups.items():
             only = {n: masks[n] if n in names else torch.ones_like(masks[n]) for n in masks}
             row[f"movement_only_{group}"] = masked_accuracy(model, modules, only, dev, collate)
