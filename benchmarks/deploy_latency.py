@@ -10,7 +10,8 @@ fp32 model, dev accuracy and file size of every variant.
         --threads 2 --out benchmarks/results/deploy/latency_by_shape       # latency only, random weights
 
 Every variant of every model is exported with ``bermo-prune``'s own ``export_onnx`` (checked
-against PyTorch at export) into a scratch folder. Latency: for each shape (batch 1 and 32, length 64
+against PyTorch at export) into a scratch folder, as exported by torch and with ONNX Runtime's
+transformer fusions (runtime ``onnxruntime-fused``). Latency: for each shape (batch 1 and 32, length 64
 and 128, full-length inputs) all variants run in the same process in interleaved rounds (the order
 reverses every round), each sample long enough to time (>= 20 ms), and the ratio of medians to the
 dense PyTorch fp32 model is reported (``speedup``), so machine noise hits every variant alike. ONNX
@@ -41,7 +42,9 @@ from bermo_prune.deploy import export_onnx, load_for_inference, load_onnx  # noq
 from bermo_prune.io import quiet_libraries, write_json_atomic  # noqa: E402
 from bermo_prune.runs import environment  # noqa: E402
 
-VARIANTS = (("pytorch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8"))
+# "onnxruntime-fused": the export with ONNX Runtime's transformer fusions (``export --fuse``).
+VARIANTS = (("pytorch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8"),
+            ("onnxruntime-fused", "fp32"), ("onnxruntime-fused", "int8"))
 
 
 def tiny_checkpoints(root: Path) -> tuple[Path, dict[str, Path]]:
@@ -93,12 +96,13 @@ def load_variants(name: str, checkpoint: Path, scratch: Path, threads: int) -> d
     """{(runtime, precision): (model, tokenizer, size_mb)} for one checkpoint."""
     model, tokenizer = load_for_inference(checkpoint)
     variants = {("pytorch", "fp32"): (model, tokenizer, (checkpoint / "model.safetensors").stat().st_size / 1e6)}
-    for precision in ("fp32", "int8"):
-        folder = scratch / f"{name}-{precision}"
-        manifest = export_onnx(checkpoint, folder, precision=precision)
+    for runtime, precision in VARIANTS[1:]:
+        folder = scratch / f"{name}-{runtime}-{precision}"
+        manifest = export_onnx(checkpoint, folder, precision=precision, fuse=runtime.endswith("fused"))
         onnx_model, onnx_tokenizer = load_onnx(folder, threads)
-        variants[("onnxruntime", precision)] = (onnx_model, onnx_tokenizer, manifest["bytes"] / 1e6)
-        print(f"{name}: exported {precision} ({manifest['bytes'] / 1e6:.1f} MB)", flush=True)
+        variants[(runtime, precision)] = (onnx_model, onnx_tokenizer, manifest["bytes"] / 1e6)
+        print(f"{name}: exported {runtime} {precision} ({manifest['bytes'] / 1e6:.1f} MB, fused "
+              f"{manifest['fused_ops'] or 'nothing'})", flush=True)
     return variants
 
 

@@ -1,15 +1,24 @@
-"""Copy runs of earlier sweeps into the pruner-health results where they are the same runs.
+"""Copy runs of earlier sweeps into a later sweep's results where they are the same runs.
 
     python benchmarks/reuse_study_runs.py benchmarks/results/pruner_health
+    python benchmarks/reuse_study_runs.py benchmarks/results/pruner_quality/short
 
-The SST-2 study (benchmarks/results/sst2) and the learned-movement sweep
-(benchmarks/results/movement_learned) ran magnitude and movement on the pruner-health budget
-(pretrained MiniLM-L6, 8,000 SST-2 examples x 2 epochs, the bundled recipes, seeds 0-2). Their code
-paths have not changed since: re-running bert-magnitude-s0.5-seed0 with the current code gave the
-same dev accuracy (0.83028) and the same loss at every logged step. So the health sweep takes those
-runs instead of spending ~2.5 hours of CPU on them again. Each copy keeps its original ``sweep``
-and ``environment`` fields and gains ``reused_from``; a run the health sweep already has is left
-alone. Learned-movement runs get the health sweep's run id (label ``movement-learned``).
+Two later sweeps share runs with earlier ones (same pretrained MiniLM-L6, 8,000 SST-2 examples x 2
+epochs, bundled recipe, seed, arch and target):
+
+- pruner health (``pruner_health``) takes magnitude and movement from the SST-2 study
+  (``sst2``) and the learned-movement sweep (``movement_learned``), seeds 0-2. Re-running
+  bert-magnitude-s0.5-seed0 with the code of that sweep gave the same dev accuracy (0.83028) and
+  the same loss at every logged step. Learned-movement runs get the health sweep's run id (label
+  ``movement-learned``).
+- pruning quality, short budget (``pruner_quality/short``) takes BERT runs of pruner health:
+  random, magnitude, movement, soft_movement and l0 at 50/80/90% seed 0 and at 90% seeds 1-2,
+  and the single seed-0 runs of l0 at 95% and platon and obert at 90%. (BERMo runs and learned
+  movement are not in that sweep.)
+
+This saves hours of CPU per sweep. Each copy keeps its original ``sweep`` and ``environment``
+fields and gains ``reused_from``; a run the target already has is left alone, so the copy is safe
+to repeat and to run before or after ``bermo-prune bench`` fills in the rest.
 """
 
 from __future__ import annotations
@@ -19,14 +28,13 @@ import sys
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SPARSITIES = ("0.5", "0.8", "0.9")
 SEEDS = (0, 1, 2)
 
 
-def candidates():
+def health_candidates():
     """(source file, run id in the health sweep, label)."""
     for arch in ("bert", "bermo"):
-        for sparsity in SPARSITIES:
+        for sparsity in ("0.5", "0.8", "0.9"):
             for seed in SEEDS:
                 for pruner in ("magnitude", "movement"):
                     name = f"{arch}-{pruner}-s{sparsity}-seed{seed}"
@@ -35,10 +43,28 @@ def candidates():
                        f"{arch}-movement-learned-s{sparsity}-seed{seed}", "movement-learned")
 
 
+def quality_short_candidates():
+    """(source file, run id in the short pruning-quality sweep, label)."""
+    health = RESULTS / "pruner_health" / "runs"
+    names = [f"bert-{pruner}-s{sparsity}-seed0" for pruner in ("random", "magnitude", "movement", "soft_movement", "l0")
+             for sparsity in ("0.5", "0.8", "0.9")]
+    names += [f"bert-{pruner}-s0.9-seed{seed}" for pruner in ("random", "magnitude", "movement", "soft_movement", "l0")
+              for seed in (1, 2)]
+    names += ["bert-l0-s0.95-seed0", "bert-platon-s0.9-seed0", "bert-obert-s0.9-seed0"]
+    for name in names:
+        yield health / f"{name}.json", name, None
+
+
+TARGETS = {"pruner_health": health_candidates, "short": quality_short_candidates}
+
+
 def main(out: Path) -> None:
+    if out.name not in TARGETS:
+        sys.exit(f"error: {out} is not a sweep this script fills (its folder must be named one of: {', '.join(TARGETS)})")
     runs = out / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
     copied = 0
-    for source, run_id, label in candidates():
+    for source, run_id, label in TARGETS[out.name]():
         target = runs / f"{run_id}.json"
         if not source.exists() or target.exists():
             continue

@@ -447,22 +447,25 @@ def compact(checkpoint, out, overwrite):
               "checkpoint; onnx: an ONNX model checked against PyTorch, for ONNX Runtime.")
 @click.option("--quantize", type=click.Choice(["int8"]), default=None,
               help="With --format onnx: dynamic INT8 quantisation of the Linear layers (ONNX Runtime).")
+@click.option("--fuse", is_flag=True, help="With --format onnx: ONNX Runtime's transformer fusions (one Attention "
+              "node per layer, EmbedLayerNormalization, SkipLayerNormalization, BiasGelu).")
 @out_options
-def export_command(checkpoint, fmt, quantize, out, overwrite):
+def export_command(checkpoint, fmt, quantize, fuse, out, overwrite):
     """Sparse export of a pruned checkpoint (size ~ 1 - sparsity), its lossless re-import, or ONNX."""
     from bermo_prune import export
 
-    if quantize and fmt != "onnx":
-        raise UserError("--quantize needs --format onnx")
+    if (quantize or fuse) and fmt != "onnx":
+        raise UserError(f"{'--quantize' if quantize else '--fuse'} needs --format onnx")
     if fmt == "onnx":
         from bermo_prune.deploy import export_onnx
 
-        manifest = export_onnx(checkpoint, out, precision=quantize or "fp32", overwrite=overwrite)
+        manifest = export_onnx(checkpoint, out, precision=quantize or "fp32", fuse=fuse, overwrite=overwrite)
         check = manifest["check"]
         closeness = (f"max |logit difference| {check['max_abs_diff']:.2g} (tolerance {check['tolerance']:g})"
                      if "tolerance" in check else
                      f"max |logit difference| {check['relative_diff']:.1%} of the largest logit")
-        console.print(f"{manifest['precision']} ONNX model, {manifest['bytes'] / 1e6:.1f} MB, matches PyTorch on "
+        fused = (", fused: " + (", ".join(f"{n} {op}" for op, n in manifest["fused_ops"].items()) or "nothing")) if fuse else ""
+        console.print(f"{manifest['precision']} ONNX model{fused}, {manifest['bytes'] / 1e6:.1f} MB, matches PyTorch on "
                       f"{check['examples']} sentences: {closeness}; saved to [bold]{out}[/]")
         if not check.get("labels_kept", True):
             err_console.print("[yellow]warning:[/] INT8 changed a predicted label on the check sentences; "

@@ -36,7 +36,8 @@ def test_deploy_latency_tiny(tmp_path):
         ("batch", "dev_accuracy", "length", "model", "precision", "runtime", "size_mb", "speedup")}
     assert {(row["model"], row["runtime"], row["precision"]) for row in rows} == {
         (model, runtime, precision) for model in ("dense", "compact")
-        for runtime, precision in (("pytorch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8"))}
+        for runtime, precision in (("pytorch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8"),
+                                   ("onnxruntime-fused", "fp32"), ("onnxruntime-fused", "int8"))}
     reference = [row["speedup"] for row in rows if (row["model"], row["runtime"]) == ("dense", "pytorch")]
     assert reference == [1.0] * 4
     sizes = {(row["model"], row["precision"], row["runtime"]): row["size_mb"] for row in rows}

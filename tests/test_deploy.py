@@ -15,7 +15,7 @@ from transformers import BertForSequenceClassification
 pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
 
 from bermo_prune.cli import main  # noqa: E402
-from bermo_prune.deploy import FP32_TOLERANCE, MODEL_FILE, export_onnx, load_onnx  # noqa: E402
+from bermo_prune.deploy import FP32_TOLERANCE, MODEL_FILE, attention_heads, export_onnx, load_onnx  # noqa: E402
 from bermo_prune.models import BermoConfig, BermoForSequenceClassification  # noqa: E402
 from bermo_prune.models.compact_shapes import CompactBertConfig, CompactBertForSequenceClassification  # noqa: E402
 from tests.conftest import tiny_config  # noqa: E402
@@ -65,18 +65,60 @@ def test_onnx_logits_equal_pytorch_on_other_batch_and_length(kind, exported, tok
     reference = (BermoForSequenceClassification if kind == "bermo" else
                  CompactBertForSequenceClassification if kind == "compact" else
                  BertForSequenceClassification).from_pretrained(checkpoint).eval()
-    onnx_model, onnx_tokenizer = load_onnx(export)
     manifest = json.loads((export / "onnx_manifest.json").read_text())
-    assert manifest["precision"] == "fp32" and manifest["check"]["passed"]
+    assert manifest["precision"] == "fp32" and manifest["check"]["passed"] and manifest["fused_ops"] is None
     assert manifest["check"]["max_abs_diff"] <= FP32_TOLERANCE
+    assert_matches_pytorch(reference, export, FP32_TOLERANCE)
+    assert load_onnx(export)[1].get_vocab() == tokenizer.get_vocab()
+
+
+def assert_matches_pytorch(reference, export: Path, tolerance: float) -> None:
+    onnx_model, onnx_tokenizer = load_onnx(export)
     for texts in (SENTENCES, SENTENCES[:1], SENTENCES * 3):  # batch 3, 1, 9: not the export's batch of 4
         batch = onnx_tokenizer(texts, padding=True, return_tensors="pt")
         with torch.no_grad():
             expected = reference(**batch).logits
         got = onnx_model(**batch).logits
         assert got.shape == expected.shape
-        assert torch.allclose(got, expected, atol=FP32_TOLERANCE, rtol=0)
-    assert onnx_tokenizer.get_vocab() == tokenizer.get_vocab()
+        assert torch.allclose(got, expected, atol=tolerance, rtol=0)
+
+
+def test_fused_export_has_one_attention_per_layer_with_that_layers_heads(tmp_path, tokenizer):
+    # heads 3, 0 and 1 of 4: the optimizer's one model-wide head count (4) is wrong for every layer
+    config = CompactBertConfig(layer_num_heads=[3, 0, 1], layer_intermediate_sizes=[32, 64, 16],
+                               **tiny_config(num_labels=2, num_hidden_layers=3).to_dict())
+    torch.manual_seed(0)
+    checkpoint = save(CompactBertForSequenceClassification(config), tokenizer, tmp_path / "compact")
+    manifest = export_onnx(checkpoint, tmp_path / "fused", fuse=True)
+    assert manifest["check"]["passed"]
+    assert manifest["fused_ops"]["Attention"] == 2 and manifest["fused_ops"]["SkipLayerNormalization"] >= 4
+    assert attention_heads(tmp_path / "fused" / MODEL_FILE) == [3, 1]
+    reference = CompactBertForSequenceClassification.from_pretrained(checkpoint).eval()
+    assert_matches_pytorch(reference, tmp_path / "fused", FP32_TOLERANCE)
+
+
+@pytest.mark.parametrize("kind", ["bert", "bermo"])
+def test_fused_export_matches_pytorch(kind, exported, tmp_path):
+    checkpoint, _ = exported[kind]
+    manifest = export_onnx(checkpoint, tmp_path / "fused", fuse=True)
+    assert manifest["fused_ops"]["Attention"] == 2 and manifest["fused_ops"]["EmbedLayerNormalization"] == 1
+    assert attention_heads(tmp_path / "fused" / MODEL_FILE) == [4, 4]
+    reference = (BermoForSequenceClassification if kind == "bermo" else BertForSequenceClassification)
+    assert_matches_pytorch(reference.from_pretrained(checkpoint).eval(), tmp_path / "fused", FP32_TOLERANCE)
+
+
+def test_fused_int8_export_quantises_the_fused_attention(exported, tmp_path):
+    checkpoint, _ = exported["bert"]
+    out = tmp_path / "fused-int8"
+    result = run("export", checkpoint, "--format", "onnx", "--quantize", "int8", "--fuse", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "fused: 1 EmbedLayerNormalization, 2 Attention" in " ".join(result.output.split())
+    assert attention_heads(out / MODEL_FILE) == [4, 4]
+    graph_ops = {node.op_type for node in __import__("onnx").load(out / MODEL_FILE).graph.node}
+    assert {"QAttention", "MatMulInteger"} <= graph_ops and "Attention" not in graph_ops
+    predicted = run("predict", out, *SENTENCES, "--json")
+    assert predicted.exit_code == 0, predicted.output
+    assert len(json.loads(predicted.output)) == len(SENTENCES)
 
 
 def test_int8_export_loads_and_predicts(exported, tmp_path):

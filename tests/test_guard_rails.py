@@ -134,6 +134,16 @@ def test_a_pruner_that_trails_its_schedule_at_the_freeze_is_off_schedule():
     assert reason == "sparsity 62.0% before the freeze, schedule 90.0%: the freeze did the pruning"
 
 
+def test_a_structured_target_counts_in_weights_at_what_the_freeze_reached():
+    # heads/neurons scheduled to "75%" prune 66.7% of the weights: on target, not off schedule
+    guard = DivergenceGuard(DivergenceSpec())
+    assert run_status(guard, fake_pruner(0.667, target=0.75), final_sparsity=0.667) == ("ok", None)
+    status, reason = run_status(guard, fake_pruner(0.55, target=0.75), final_sparsity=0.667)
+    assert status == "off_schedule" and reason.startswith("sparsity 55.0% before the freeze, schedule 66.7%")
+    # an unstructured freeze lands on the schedule's target: the schedule is the reference
+    assert run_status(guard, fake_pruner(0.62), final_sparsity=0.9)[0] == "off_schedule"
+
+
 def test_a_pruner_on_its_schedule_is_ok_and_divergence_comes_first():
     guard = DivergenceGuard(DivergenceSpec())
     assert run_status(guard, fake_pruner(0.9 - OFF_SCHEDULE_MARGIN + 1e-3)) == ("ok", None)
