@@ -14,7 +14,8 @@ epochs, bundled recipe, seed, arch and target):
 - pruning quality, short budget (``pruner_quality/short``) takes BERT runs of pruner health:
   random, magnitude, movement, soft_movement and l0 at 50/80/90% seed 0 and at 90% seeds 1-2,
   and the single seed-0 runs of l0 at 95% and platon and obert at 90%. (BERMo runs and learned
-  movement are not in that sweep.)
+  movement are not in that sweep.) Re-running bert-l0-s0.5-seed0 with the code of e5be7b8 gave the
+  same dev accuracy (0.82225) and the same loss at every logged step.
 
 This saves hours of CPU per sweep. Each copy keeps its original ``sweep`` and ``environment``
 fields and gains ``reused_from``; a run the target already has is left alone, so the copy is safe
