@@ -47,10 +47,9 @@ def health_candidates():
 def quality_short_candidates():
     """(source file, run id in the short pruning-quality sweep, label)."""
     health = RESULTS / "pruner_health" / "runs"
-    names = [f"bert-{pruner}-s{sparsity}-seed0" for pruner in ("random", "magnitude", "movement", "soft_movement", "l0")
-             for sparsity in ("0.5", "0.8", "0.9")]
-    names += [f"bert-{pruner}-s0.9-seed{seed}" for pruner in ("random", "magnitude", "movement", "soft_movement", "l0")
-              for seed in (1, 2)]
+    pruners = ("random", "magnitude", "movement", "soft_movement", "l0")
+    names = [f"bert-{pruner}-s{sparsity}-seed0" for pruner in pruners for sparsity in ("0.5", "0.8", "0.9")]
+    names += [f"bert-{pruner}-s0.9-seed{seed}" for pruner in pruners for seed in (1, 2)]
     names += ["bert-l0-s0.95-seed0", "bert-platon-s0.9-seed0", "bert-obert-s0.9-seed0"]
     for name in names:
         yield health / f"{name}.json", name, None
