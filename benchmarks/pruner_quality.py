@@ -36,7 +36,8 @@ def rows_for(budget: str, results: list[dict]) -> list[dict]:
         if r["pruner"] == DENSE:
             continue
         rows.append({"budget": budget, "pruner": r["pruner"], "sparsity": r["target_sparsity"], "seeds": r["seeds"],
-                     "mean_metric": r["metric_mean"], "std_metric": r["metric_std"], "dense_metric": r["dense_mean"],
+                     "mean_metric": r["metric_mean"],
+                     "std_metric": r["metric_std"] if r["seeds"] > 1 else None,  # one seed has no spread "dense_metric": r["dense_mean"],
                      "retention": r["retention"], "diverged": r["diverged"]})
     return rows
 

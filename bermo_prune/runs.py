@@ -35,6 +35,8 @@ def environment() -> dict:
         "transformers": transformers.__version__,
         "python": platform.python_version(),
         "threads": torch.get_num_threads(),
+        # results from a GPU and from CPUs can differ in the last digits: say where a run ran
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
     }
 
 

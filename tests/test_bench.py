@@ -213,3 +213,31 @@ def test_parallel_jobs_match_a_serial_sweep(tmp_path, tiny_checkpoint, tiny_glue
     assert len(executed) == 2
     run_sweep(spec, tmp_path / "serial")
     assert report_text(tmp_path / "parallel", tmp_path, "p") == report_text(tmp_path / "serial", tmp_path, "s")
+
+
+def _gpu_sweep():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_sweep.py"
+    spec = importlib.util.spec_from_file_location("gpu_sweep", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_sweep_runs_the_telling_runs_first_and_writes_bench_results(tmp_path, tiny_checkpoint, tiny_glue):
+    gpu_sweep = _gpu_sweep()
+    spec_path = write_spec(tmp_path / "spec.yaml", tiny_checkpoint, tiny_glue, archs=["bert"],
+                           recipes=["dense", str(RECIPES / "sst2-magnitude.yaml"), str(RECIPES / "sst2-random.yaml")],
+                           sparsities=[0.5, 0.8, 0.9], seeds_at_high_sparsity={"min_sparsity": 0.9, "seeds": [1]})
+    spec = load_spec(spec_path)
+    order = [(r.seed, r.pruner, r.sparsity) for r in sorted(expand(spec), key=gpu_sweep.priority(spec, 0.8))]
+    assert order == [(0, "dense", 0.0), (0, "magnitude", 0.8), (0, "random", 0.8), (0, "magnitude", 0.9),
+                     (0, "random", 0.9), (0, "magnitude", 0.5), (0, "random", 0.5),
+                     (1, "magnitude", 0.9), (1, "random", 0.9)]
+    # the same result files as `bermo-prune bench`, so the bench resumes what it started and vice versa
+    small = write_spec(tmp_path / "small.yaml", tiny_checkpoint, tiny_glue, archs=["bert"],
+                       recipes=[str(RECIPES / "sst2-magnitude.yaml")], sparsities=[0.5])
+    assert gpu_sweep.main([str(small), "--out", str(tmp_path / "out"), "--jobs", "1", "--threads", "1"]) == 0
+    assert pending_runs(load_spec(small), tmp_path / "out") == []
+    assert len(run_sweep(small, tmp_path / "out")) == 0

@@ -1,0 +1,77 @@
+"""Run a bench sweep on one GPU: several processes share the card, the most telling runs first.
+
+A MiniLM-L6 training step on a GPU is bound by Python overhead, not by the card, so one process
+leaves it mostly idle; ``--jobs`` processes share it. A GPU lease is short, so the runs go in
+order of what they tell: the dense controls, then every recipe at ``--first-sparsity``, then the
+other sparsities from the highest down, then the extra seeds. The result files are the same as
+``bermo-prune bench`` writes (one per run, atomic), so a lease that ends half-way leaves whole
+runs, and a later call (or ``bermo-prune bench`` on CPUs) resumes the sweep.
+
+    python benchmarks/gpu_sweep.py benchmarks/specs/pruner_quality_full.yaml \
+        --out benchmarks/results/pruner_quality/full --jobs 8 --first-sparsity 0.9
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bermo_prune.bench.runner import _worker, pending_runs, result_path, start_checkpoint  # noqa: E402
+from bermo_prune.bench.spec import DENSE, Run, SweepSpec, load_spec  # noqa: E402
+from bermo_prune.bench.results import main_value  # noqa: E402
+
+
+def priority(spec: SweepSpec, first_sparsity: float):
+    """Sort key: seed, dense before pruned, ``first_sparsity`` then the rest from the highest
+    down, then the spec's recipe order."""
+    recipes = {name: i for i, name in enumerate(spec.recipes)}
+
+    def key(run: Run):
+        sparsity_rank = 0.0 if abs(run.sparsity - first_sparsity) < 1e-9 else 1.0 - run.sparsity
+        return (run.seed, run.recipe != DENSE, sparsity_rank, recipes[run.recipe])
+
+    return key
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("spec")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--jobs", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads per process")
+    parser.add_argument("--first-sparsity", type=float, default=0.9)
+    args = parser.parse_args(argv)
+
+    spec, out = load_spec(args.spec), Path(args.out)
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    if not (out / "spec.yaml").exists():
+        shutil.copyfile(args.spec, out / "spec.yaml")
+    todo = sorted(pending_runs(spec, out), key=priority(spec, args.first_sparsity))
+    print(f"{len(todo)} runs to do, {args.jobs} at a time", flush=True)
+    began = time.time()
+    for arch in sorted({run.arch for run in todo}):  # one process makes the start, before the workers
+        start_checkpoint(spec, out, arch)
+        print(f"start checkpoint for {arch} ready after {time.time() - began:.0f} s", flush=True)
+    by_id = {run.run_id: run for run in todo}
+    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn")) as pool:
+        futures = [pool.submit(_worker, spec.model_dump_json(), run.model_dump_json(), str(out), args.threads)
+                   for run in todo]
+        for future in as_completed(futures):
+            run = by_id[future.result()]
+            result = json.loads(result_path(out, run).read_text())
+            value = main_value(result)
+            print(f"[{time.time() - began:6.0f} s] {run.run_id}: {result.get('status')} "
+                  f"{'' if value is None else f'{value:.4f}'} ({result.get('wall_time_s', 0):.0f} s)", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
