@@ -37,7 +37,8 @@ def rows_for(budget: str, results: list[dict]) -> list[dict]:
             continue
         rows.append({"budget": budget, "pruner": r["pruner"], "sparsity": r["target_sparsity"], "seeds": r["seeds"],
                      "mean_metric": r["metric_mean"],
-                     "std_metric": r["metric_std"] if r["seeds"] > 1 else None,  # one seed has no spread "dense_metric": r["dense_mean"],
+                     "std_metric": r["metric_std"] if r["seeds"] > 1 else None,  # one seed has no spread
+                     "dense_metric": r["dense_mean"],
                      "retention": r["retention"], "diverged": r["diverged"]})
     return rows
 
@@ -72,6 +73,34 @@ def targets(rows: list[dict]) -> list[str]:
     return lines
 
 
+def matrix(rows: list[dict], budget: str) -> list[str]:
+    """One line per pruner, one column per sparsity: accuracy x100 (retention), seeds > 1 marked,
+    runs that collapsed marked with their count (the form the README quotes)."""
+    mine = [r for r in rows if r["budget"] == budget]
+    sparsities = sorted({r["sparsity"] for r in mine})
+    cell = {(r["pruner"], r["sparsity"]): r for r in mine}
+    dense = next((r["dense_metric"] for r in mine if r["dense_metric"]), None)
+    lines = ["| pruner | " + " | ".join(f"{s:.0%}" for s in sparsities) + " |", "|---" * (len(sparsities) + 1) + "|"]
+    order = sorted({r["pruner"] for r in mine}, key=lambda p: (p in (RANDOM, ANCHOR), p))
+    for pruner in order:
+        cells = []
+        for s in sparsities:
+            r = cell.get((pruner, s))
+            if r is None or r["mean_metric"] is None:
+                cells.append("-")
+                continue
+            text = f"{100 * r['mean_metric']:.1f} ({r['retention']:.1%})" if r["retention"] else f"{100 * r['mean_metric']:.1f}"
+            if r["seeds"] > 1:
+                text += f" [{r['seeds']} seeds]"
+            if r["diverged"]:
+                text += f" collapsed {r['diverged']}/{r['seeds']}"
+            cells.append(text)
+        lines.append(f"| {pruner} | " + " | ".join(cells) + " |")
+    if dense is not None:
+        lines.append(f"| dense control | {100 * dense:.1f} |" + " |" * (len(sparsities) - 1))
+    return lines
+
+
 def markdown(rows: list[dict]) -> str:
     lines = ["# Pruning quality: accuracy kept against the dense control", "",
              "BERT (MiniLM-L6), SST-2 dev accuracy x100, mean over seeds; retention = accuracy / the dense control of "
@@ -80,7 +109,8 @@ def markdown(rows: list[dict]) -> str:
         mine = [r for r in rows if r["budget"] == budget]
         if not mine:
             continue
-        lines += [f"## {budget} budget", "", "| pruner | sparsity | seeds | accuracy | std | dense | retention | diverged |",
+        lines += [f"## {budget} budget", "", "Accuracy (retention):", "", *matrix(rows, budget), "",
+                  "| pruner | sparsity | seeds | accuracy | std | dense | retention | diverged |",
                   "|---|---|---|---|---|---|---|---|"]
         for r in sorted(mine, key=lambda r: (r["sparsity"], r["pruner"])):
             accuracy = "-" if r["mean_metric"] is None else f"{100 * r['mean_metric']:.1f}"

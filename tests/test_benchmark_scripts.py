@@ -42,3 +42,39 @@ def test_deploy_latency_tiny(tmp_path):
     assert reference == [1.0] * 4
     sizes = {(row["model"], row["precision"], row["runtime"]): row["size_mb"] for row in rows}
     assert sizes[("dense", "int8", "onnxruntime")] < 0.5 * sizes[("dense", "fp32", "onnxruntime")]
+
+
+def test_pruner_quality_summary_rows_and_targets(tmp_path):
+    def run(budget, pruner, sparsity, seed, accuracy, status="ok"):
+        folder = tmp_path / budget / "runs"
+        folder.mkdir(parents=True, exist_ok=True)
+        result = {"arch": "bert", "pruner": pruner, "target_sparsity": sparsity, "seed": seed, "status": status,
+                  "main_metric": "accuracy", "metrics": {"accuracy": accuracy}}
+        (folder / f"bert-{pruner}-s{sparsity}-seed{seed}.json").write_text(json.dumps(result))
+
+    run("short", "dense", 0.0, 0, 0.86)
+    run("short", "platon", 0.9, 0, 0.80)
+    run("short", "platon", 0.9, 1, 0.82)
+    run("short", "one-shot-magnitude", 0.9, 0, 0.77)
+    run("short", "random", 0.9, 0, 0.509, status="diverged")
+    run("full", "dense", 0.0, 0, 0.90)
+    run("full", "platon", 0.9, 0, 0.88)
+    run("full", "random", 0.9, 0, 0.89)
+    run_script("pruner_quality.py", str(tmp_path))
+
+    rows = json.loads((tmp_path / "summary.json").read_text())
+    assert {tuple(sorted(row)) for row in rows} == {("budget", "dense_metric", "diverged", "mean_metric", "pruner",
+                                                     "retention", "seeds", "sparsity", "std_metric")}
+    cell = {(row["budget"], row["pruner"]): row for row in rows}
+    platon = cell[("short", "platon")]
+    assert platon["seeds"] == 2 and platon["mean_metric"] == pytest.approx(0.81)
+    assert platon["retention"] == pytest.approx(0.81 / 0.86) and platon["std_metric"] == pytest.approx(0.01414, abs=1e-4)
+    assert cell[("full", "platon")]["std_metric"] is None  # one seed has no spread
+    assert cell[("short", "random")]["diverged"] == 1
+    text = (tmp_path / "summary.md").read_text()
+    assert "full budget, 90%: best pruner keeps >= 97% of dense: met (platon 97.8%)" in text
+    assert "full budget, 95%: best pruner keeps >= 93% of dense: no data yet" in text
+    assert "short budget, 90%: best pruner keeps >= 93% of dense: met (platon 94.2%)" in text
+    assert "beats the torch.nn.utils.prune anchor by >= 2 points: met (+4.0)" in text
+    assert "every pruner beats random masks at every sparsity: missed (full platon 90%)" in text
+    assert (tmp_path / "accuracy_short.png").is_file() and (tmp_path / "accuracy_full.png").is_file()
