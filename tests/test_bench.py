@@ -235,6 +235,8 @@ def test_gpu_sweep_runs_the_telling_runs_first_and_writes_bench_results(tmp_path
     assert order == [(0, "dense", 0.0), (0, "magnitude", 0.8), (0, "random", 0.8), (0, "magnitude", 0.9),
                      (0, "random", 0.9), (0, "magnitude", 0.5), (0, "random", 0.5),
                      (1, "magnitude", 0.9), (1, "random", 0.9)]
+    favoured = [(r.seed, r.pruner) for r in sorted(expand(spec), key=gpu_sweep.priority(spec, 0.8, ("random",)))]
+    assert favoured[-2:] == [(1, "random"), (1, "magnitude")]
     # the same result files as `bermo-prune bench`, so the bench resumes what it started and vice versa
     small = write_spec(tmp_path / "small.yaml", tiny_checkpoint, tiny_glue, archs=["bert"],
                        recipes=[str(RECIPES / "sst2-magnitude.yaml")], sparsities=[0.5])
