@@ -18,19 +18,15 @@ the sweep.
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from multiprocessing import get_context
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bermo_prune.bench.runner import _worker, pending_runs, result_path, start_checkpoint  # noqa: E402
-from bermo_prune.bench.spec import DENSE, Run, SweepSpec, load_spec  # noqa: E402
 from bermo_prune.bench.results import main_value  # noqa: E402
+from bermo_prune.bench.runner import run_sweep  # noqa: E402
+from bermo_prune.bench.spec import DENSE, Run, SweepSpec, load_spec  # noqa: E402
 
 
 def priority(spec: SweepSpec, first_sparsity: float, favour: tuple[str, ...] = ()):
@@ -58,27 +54,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--favour", default="", help="comma-separated pruners whose extra seeds go before the others'")
     args = parser.parse_args(argv)
 
-    spec, out = load_spec(args.spec), Path(args.out)
-    (out / "runs").mkdir(parents=True, exist_ok=True)
-    if not (out / "spec.yaml").exists():
-        shutil.copyfile(args.spec, out / "spec.yaml")
+    spec = load_spec(args.spec)
     favour = tuple(name for name in args.favour.split(",") if name)
-    todo = sorted(pending_runs(spec, out), key=priority(spec, args.first_sparsity, favour))
-    print(f"{len(todo)} runs to do, {args.jobs} at a time", flush=True)
     began = time.time()
-    for arch in sorted({run.arch for run in todo}):  # one process makes the start, before the workers
-        start_checkpoint(spec, out, arch)
-        print(f"start checkpoint for {arch} ready after {time.time() - began:.0f} s", flush=True)
-    by_id = {run.run_id: run for run in todo}
-    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn")) as pool:
-        futures = [pool.submit(_worker, spec.model_dump_json(), run.model_dump_json(), str(out), args.threads)
-                   for run in todo]
-        for future in as_completed(futures):
-            run = by_id[future.result()]
-            result = json.loads(result_path(out, run).read_text())
-            value = main_value(result)
-            print(f"[{time.time() - began:6.0f} s] {run.run_id}: {result.get('status')} "
-                  f"{'' if value is None else f'{value:.4f}'} ({result.get('wall_time_s', 0):.0f} s)", flush=True)
+
+    def started(todo):
+        print(f"{len(todo)} runs to do, {args.jobs} at a time", flush=True)
+
+    def done(run, result):
+        value = main_value(result)
+        print(f"[{time.time() - began:6.0f} s] {run.run_id}: {result.get('status')} "
+              f"{'' if value is None else f'{value:.4f}'} ({result.get('wall_time_s', 0):.0f} s)", flush=True)
+
+    run_sweep(args.spec, args.out, jobs=args.jobs, threads=args.threads,
+              order=priority(spec, args.first_sparsity, favour), on_start=started, on_done=done)
     return 0
 
 

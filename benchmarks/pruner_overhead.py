@@ -34,7 +34,7 @@ from bermo_prune.io import write_json_atomic  # noqa: E402
 from bermo_prune.models import load_classifier  # noqa: E402
 from bermo_prune.pruning.masks import select_modules  # noqa: E402
 from bermo_prune.pruning.registry import get_pruner_class  # noqa: E402
-from bermo_prune.recipes import DEFAULT_INCLUDE, Recipe  # noqa: E402
+from bermo_prune.recipes import DEFAULT_INCLUDE, Recipe, load_recipe, resolve_recipe  # noqa: E402
 from bermo_prune.runs import environment  # noqa: E402
 
 PRUNERS = ("magnitude", "movement", "soft_movement", "l0", "platon", "obert")
@@ -69,8 +69,6 @@ def obert_share(recipe_name: str, total_steps: int, masked_step_s: float, collec
                 prune_s: float) -> dict:
     """oBERT's extra time over a run of ``total_steps`` with a bundled recipe's schedule, from the
     measured step times: the collecting steps' excess over a masked step, plus the pruning steps."""
-    from bermo_prune.recipes import load_recipe, resolve_recipe
-
     pruner = get_pruner_class("obert")(load_recipe(resolve_recipe(recipe_name)))
     pruner.set_total_steps(total_steps)
     steps = pruner.pruning_steps()

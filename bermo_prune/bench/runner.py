@@ -116,10 +116,14 @@ def run_sweep(
     shard: tuple[int, int] = (1, 1),
     jobs: int = 1,
     retry_crashed: bool = False,
+    order=None,
+    threads: int | None = None,
     on_start=None,
     on_done=None,
 ) -> list[Run]:
-    """Run every pending run of this shard; returns the runs executed. ``on_start(todo)`` and
+    """Run every pending run of this shard; returns the runs executed. ``order`` (a sort key on
+    runs) changes which go first (the default is the spec's order), ``threads`` the torch threads
+    of each parallel job (default: the cores shared out). ``on_start(todo)`` and
     ``on_done(run, result)`` let a front end show progress."""
     spec = load_spec(spec_path)
     out_dir = Path(out_dir)
@@ -128,6 +132,8 @@ def run_sweep(
     if not spec_copy.exists():
         shutil.copyfile(spec_path, spec_copy)
     todo = pending_runs(spec, out_dir, shard, retry_crashed)
+    if order is not None:
+        todo.sort(key=order)
     if on_start:
         on_start(todo)
     for arch in sorted({run.arch for run in todo}):  # before any worker starts, so none races to make it
@@ -139,7 +145,7 @@ def run_sweep(
             if on_done:
                 on_done(run, result)
         return todo
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    threads = threads or max(1, (os.cpu_count() or 1) // jobs)
     by_id = {run.run_id: run for run in todo}
     with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
         futures = [pool.submit(_worker, spec.model_dump_json(), r.model_dump_json(), str(out_dir), threads) for r in todo]
