@@ -18,6 +18,7 @@ the sweep.
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import sys
 import time
 from pathlib import Path
@@ -29,8 +30,8 @@ from bermo_prune.bench.runner import run_sweep  # noqa: E402
 from bermo_prune.bench.spec import DENSE, Run, SweepSpec, load_spec  # noqa: E402
 
 
-def priority(spec: SweepSpec, first_sparsity: float, favour: tuple[str, ...] = ()):
-    """Sort key: the first seed's runs, then the other seeds of the ``favour``-ed pruners (e.g. the
+def priority(spec: SweepSpec, first_sparsity: float, favour: tuple[str, ...] = (), first_runs: tuple[str, ...] = ()):
+    """Sort key: runs whose id matches a ``first_runs`` pattern (fnmatch), then the first seed's runs, then the other seeds of the ``favour``-ed pruners (e.g. the
     best two, which a benchmark wants on three seeds), then the rest; within each, by seed, dense
     before pruned, ``first_sparsity`` then the other sparsities from the highest down, then the
     spec's recipe order."""
@@ -39,7 +40,8 @@ def priority(spec: SweepSpec, first_sparsity: float, favour: tuple[str, ...] = (
     def key(run: Run):
         later = run.seed != spec.seeds[0] and run.pruner not in favour
         sparsity_rank = 0.0 if abs(run.sparsity - first_sparsity) < 1e-9 else 1.0 - run.sparsity
-        return (later, run.seed, run.recipe != DENSE, sparsity_rank, recipes[run.recipe])
+        picked = any(fnmatch.fnmatchcase(run.run_id, pattern) for pattern in first_runs)
+        return (not picked, later, run.seed, run.recipe != DENSE, sparsity_rank, recipes[run.recipe])
 
     return key
 
@@ -52,10 +54,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch threads per process")
     parser.add_argument("--first-sparsity", type=float, default=0.9)
     parser.add_argument("--favour", default="", help="comma-separated pruners whose extra seeds go before the others'")
+    parser.add_argument("--first-runs", default="",
+                        help="comma-separated run-id patterns (e.g. 'bert-platon-s0.9-seed*') to run before all others")
     args = parser.parse_args(argv)
 
     spec = load_spec(args.spec)
     favour = tuple(name for name in args.favour.split(",") if name)
+    first_runs = tuple(pattern for pattern in args.first_runs.split(",") if pattern)
     began = time.time()
 
     def started(todo):
@@ -67,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{'' if value is None else f'{value:.4f}'} ({result.get('wall_time_s', 0):.0f} s)", flush=True)
 
     run_sweep(args.spec, args.out, jobs=args.jobs, threads=args.threads,
-              order=priority(spec, args.first_sparsity, favour), on_start=started, on_done=done)
+              order=priority(spec, args.first_sparsity, favour, first_runs), on_start=started, on_done=done)
     return 0
 
 

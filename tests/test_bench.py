@@ -237,6 +237,9 @@ def test_gpu_sweep_runs_the_telling_runs_first_and_writes_bench_results(tmp_path
                      (1, "magnitude", 0.9), (1, "random", 0.9)]
     favoured = [(r.seed, r.pruner) for r in sorted(expand(spec), key=gpu_sweep.priority(spec, 0.8, ("random",)))]
     assert favoured[-2:] == [(1, "random"), (1, "magnitude")]
+    picked = sorted(expand(spec), key=gpu_sweep.priority(spec, 0.8, (), ("bert-random-s0.9-seed*", "*-s0.5-*")))
+    assert [r.run_id for r in picked[:4]] == ["bert-random-s0.9-seed0", "bert-magnitude-s0.5-seed0",
+                                             "bert-random-s0.5-seed0", "bert-random-s0.9-seed1"]
     # the same result files as `bermo-prune bench`, so the bench resumes what it started and vice versa
     small = write_spec(tmp_path / "small.yaml", tiny_checkpoint, tiny_glue, archs=["bert"],
                        recipes=[str(RECIPES / "sst2-magnitude.yaml")], sparsities=[0.5])
