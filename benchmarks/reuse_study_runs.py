@@ -2,8 +2,9 @@
 
     python benchmarks/reuse_study_runs.py benchmarks/results/pruner_health
     python benchmarks/reuse_study_runs.py benchmarks/results/pruner_quality/short
+    python benchmarks/reuse_study_runs.py benchmarks/results/sst2
 
-Two later sweeps share runs with earlier ones (same pretrained MiniLM-L6, 8,000 SST-2 examples x 2
+Later sweeps share runs with earlier ones (same pretrained MiniLM-L6, 8,000 SST-2 examples x 2
 epochs, bundled recipe, seed, arch and target):
 
 - pruner health (``pruner_health``) takes magnitude and movement from the SST-2 study
@@ -16,6 +17,11 @@ epochs, bundled recipe, seed, arch and target):
   and the single seed-0 runs of l0 at 95% and platon and obert at 90%. (BERMo runs and learned
   movement are not in that sweep.) Re-running bert-l0-s0.5-seed0 with the code of e5be7b8 gave the
   same dev accuracy (0.82225) and the same loss at every logged step.
+- the SST-2 study (``sst2``) re-runs its L0 rows with the L0 pruner that follows its schedule
+  (the old rows were moved to ``sst2/superseded/l0-before-schedule-fix/``): it takes L0 of pruner
+  health, BERT and BERMo at 50/80/90% seeds 0-2, and BERT at 95% seeds 0-2 (seed 0 from pruner
+  health, seeds 1-2 from the short pruning-quality sweep). The study's spec runs the same
+  bundled recipe on the same budget.
 
 This saves hours of CPU per sweep. Each copy keeps its original ``sweep`` and ``environment``
 fields and gains ``reused_from``; a run the target already has is left alone, so the copy is safe
@@ -55,7 +61,21 @@ def quality_short_candidates():
         yield health / f"{name}.json", name, None
 
 
-TARGETS = {"pruner_health": health_candidates, "short": quality_short_candidates}
+def study_l0_candidates():
+    """(source file, run id in the SST-2 study, label): the L0 runs that followed their schedule."""
+    health = RESULTS / "pruner_health" / "runs"
+    for arch in ("bert", "bermo"):
+        for sparsity in ("0.5", "0.8", "0.9"):
+            for seed in SEEDS:
+                name = f"{arch}-l0-s{sparsity}-seed{seed}"
+                yield health / f"{name}.json", name, None
+    yield health / "bert-l0-s0.95-seed0.json", "bert-l0-s0.95-seed0", None
+    for seed in (1, 2):
+        name = f"bert-l0-s0.95-seed{seed}"
+        yield RESULTS / "pruner_quality" / "short" / "runs" / f"{name}.json", name, None
+
+
+TARGETS = {"pruner_health": health_candidates, "short": quality_short_candidates, "sst2": study_l0_candidates}
 
 
 def main(out: Path) -> None:
