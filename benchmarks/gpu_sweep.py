@@ -3,13 +3,14 @@
 A MiniLM-L6 training step (batch 32, length 64) is too small to fill a GPU, so ``--jobs``
 processes share it. Measured on one H200 (2026-12-04, fp32 with TF32 matmuls): alone, the dense
 start took 15 ms a step (2,105 steps in 32 s); eight at once, the dense control took 35 ms a step
-and the pruning runs, which also run a teacher, 52-77 ms (the card time-slices between
-processes and showed 99% busy). A GPU lease is short, so the runs go in order of
-what they tell: the dense controls, then every recipe at ``--first-sparsity``, then the other
-sparsities from the highest down, then the extra seeds (``--favour``-ed pruners' first). The
-result files are the ones ``bermo-prune bench`` writes (one per run, atomic), so a lease that
-ends half-way leaves whole runs, and a later call (or ``bermo-prune bench`` on CPUs) resumes
-the sweep.
+and the pruning runs, which also run a teacher, 45-80 ms (4,210 steps in 190-340 s); four at
+once, the pruning runs took ~45 ms a step (the card time-slices between processes and showed
+95-99% busy). A GPU lease is short, so the runs go in order of what they tell: the dense
+controls, then every recipe at ``--first-sparsity``, then the other sparsities from the highest
+down, then the extra seeds (``--favour``-ed pruners' first); ``--first-runs`` puts chosen runs
+before all of them (run-id patterns such as ``'bert-platon-s0.9-seed*'``). The result files are
+the ones ``bermo-prune bench`` writes (one per run, atomic), so a lease that ends half-way leaves
+whole runs, and a later call (or ``bermo-prune bench`` on CPUs) resumes the sweep.
 
     python benchmarks/gpu_sweep.py benchmarks/specs/pruner_quality_full.yaml \
         --out benchmarks/results/pruner_quality/full --jobs 8 --first-sparsity 0.9 --favour platon,soft_movement
@@ -31,10 +32,11 @@ from bermo_prune.bench.spec import DENSE, Run, SweepSpec, load_spec  # noqa: E40
 
 
 def priority(spec: SweepSpec, first_sparsity: float, favour: tuple[str, ...] = (), first_runs: tuple[str, ...] = ()):
-    """Sort key: runs whose id matches a ``first_runs`` pattern (fnmatch), then the first seed's runs, then the other seeds of the ``favour``-ed pruners (e.g. the
-    best two, which a benchmark wants on three seeds), then the rest; within each, by seed, dense
-    before pruned, ``first_sparsity`` then the other sparsities from the highest down, then the
-    spec's recipe order."""
+    """Sort key: runs whose id matches a ``first_runs`` pattern (fnmatch), then the first seed's
+    runs, then the other seeds of the ``favour``-ed pruners (e.g. the best two, which a benchmark
+    wants on three seeds), then the rest; within each, by seed, dense before pruned,
+    ``first_sparsity`` then the other sparsities from the highest down, then the spec's recipe
+    order."""
     recipes = {name: i for i, name in enumerate(spec.recipes)}
 
     def key(run: Run):
