@@ -192,6 +192,26 @@ def test_malformed_spec_is_a_one_line_error(tmp_path, tiny_checkpoint, tiny_glue
     assert not (tmp_path / "out" / "runs").exists() or not any((tmp_path / "out" / "runs").iterdir())
 
 
+def test_a_resumed_sweep_may_grow_its_grid_but_not_change_how_runs_are_made(tmp_path, tiny_checkpoint, tiny_glue):
+    def spec(name, **change):
+        return write_spec(tmp_path / name, tiny_checkpoint, tiny_glue, archs=["bert"],
+                          recipes=[str(RECIPES / "sst2-magnitude.yaml")], **change)
+
+    out = tmp_path / "out"
+    assert len(run_sweep(spec("first.yaml", sparsities=[0.5]), out)) == 1
+    grown = spec("grown.yaml", sparsities=[0.5, 0.8])
+    assert [run.run_id for run in run_sweep(grown, out)] == ["bert-magnitude-s0.8-seed0"]
+    assert (out / "spec.yaml").read_text() == grown.read_text()  # the record follows the grid
+    longer = spec("longer.yaml", sparsities=[0.5, 0.8, 0.9], training={"max_train_samples": 64, "epochs": 2, "batch_size": 16})
+    result = CliRunner().invoke(main, ["bench", str(longer), "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1 and "another training" in errors[0] and "Traceback" not in result.output, result.output
+    assert (out / "spec.yaml").read_text() == grown.read_text()
+    assert sorted(path.name for path in (out / "runs").iterdir()) == [
+        "bert-magnitude-s0.5-seed0.json", "bert-magnitude-s0.8-seed0.json"]
+
+
 def test_two_recipes_of_one_pruner_are_runs_and_rows_of_their_own(tmp_path, tiny_checkpoint, tiny_glue):
     spec = load_spec(write_spec(tmp_path / "spec.yaml", tiny_checkpoint, tiny_glue,
                                 recipes=["sst2-movement", "sst2-movement-learned", "sst2-magnitude"]))

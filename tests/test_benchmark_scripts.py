@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -78,3 +79,29 @@ def test_pruner_quality_summary_rows_and_targets(tmp_path):
     assert "beats the torch.nn.utils.prune anchor by >= 2 points: met (+4.0)" in text
     assert "every pruner beats random masks at every sparsity: missed (full platon 90%)" in text
     assert (tmp_path / "accuracy_short.png").is_file() and (tmp_path / "accuracy_full.png").is_file()
+
+
+# Runs kept in a results folder outside its spec's grid, each said in that folder's README.
+RUNS_OUTSIDE_THE_GRID = {
+    "pruner_health": {"bert-l0-s0.95-seed0", "bert-platon-s0.9-seed0", "bert-obert-s0.9-seed0"},
+}
+
+
+def test_committed_sweeps_match_their_specs(monkeypatch):
+    """Every committed results folder still loads as a sweep of this code; its runs are runs of its
+    spec; its spec record is the spec the README's command passes (benchmarks/specs/, same name),
+    so that resuming a sweep with that command is allowed and runs only the missing runs."""
+    from bermo_prune.bench.spec import expand, load_spec
+
+    monkeypatch.chdir(ROOT)  # probe specs name their recipe files relative to the repository
+    specs = {load_spec(path).name: path for path in (ROOT / "benchmarks" / "specs").rglob("*.yaml")
+             if "recipes" in (yaml.safe_load(path.read_text()) or {})}
+    records = sorted((ROOT / "benchmarks" / "results").rglob("spec.yaml"))
+    assert len(records) >= 10
+    for record in records:
+        spec = load_spec(record)
+        folder = record.parent.relative_to(ROOT / "benchmarks" / "results").as_posix()
+        stray = {path.stem for path in (record.parent / "runs").glob("*.json")} - {run.run_id for run in expand(spec)}
+        assert stray == RUNS_OUTSIDE_THE_GRID.get(folder, set()), folder
+        if spec.name in specs:
+            assert record.read_text() == specs[spec.name].read_text(), f"{record} differs from {specs[spec.name]}"

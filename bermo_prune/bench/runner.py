@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
+
+import yaml
+from pydantic import ValidationError
 
 from bermo_prune.bench.spec import DENSE, Run, SweepSpec, expand, load_spec, spec_recipe, spec_training, start_training
 from bermo_prune.errors import BermoPruneError
@@ -48,6 +50,36 @@ def pending_runs(spec: SweepSpec, out_dir: Path, shard: tuple[int, int] = (1, 1)
                 continue
         todo.append(run)
     return todo
+
+
+# What a spec may change in a sweep that already has runs: which runs it is made of. Anything
+# else (checkpoint, task, data, training budget, start) changes how every run is made, and old and
+# new runs would then share one report as if they were comparable.
+GRID_FIELDS = ("name", "archs", "recipes", "sparsities", "seeds", "seeds_at_high_sparsity")
+
+
+def record_spec(spec_path: str | Path, spec: SweepSpec, out_dir: Path) -> None:
+    """Keep ``out_dir/spec.yaml`` as the record of the sweep whose runs the folder holds. A resumed
+    sweep may grow or shrink its grid (the record is updated); a spec that would make its runs
+    differently from the runs already there is refused."""
+    record = out_dir / "spec.yaml"
+    text = Path(spec_path).read_text(encoding="utf-8")
+    if record.is_file() and any((out_dir / "runs").glob("*.json")):
+        old_text = record.read_text(encoding="utf-8")
+        if old_text == text:
+            return
+        try:
+            raw = yaml.safe_load(old_text)
+            old = SweepSpec.model_validate({"name": spec.name, **raw} if isinstance(raw, dict) else raw)
+        except (yaml.YAMLError, ValidationError):
+            raise BermoPruneError(f"{record} is not a readable sweep spec: cannot tell whether the runs in "
+                                  f"{out_dir} match {spec_path}; repair it or use another --out") from None
+        changed = [field for field in SweepSpec.model_fields if field not in GRID_FIELDS
+                   and getattr(old, field) != getattr(spec, field)]
+        if changed:
+            raise BermoPruneError(f"{out_dir} holds runs made with another {', '.join(changed)} than {spec_path} "
+                                  f"gives (see {record}); they would not be comparable: use another --out")
+    record.write_text(text, encoding="utf-8")
 
 
 def start_checkpoint(spec: SweepSpec, out_dir: Path, arch: str) -> str:
@@ -128,9 +160,7 @@ def run_sweep(
     spec = load_spec(spec_path)
     out_dir = Path(out_dir)
     (out_dir / "runs").mkdir(parents=True, exist_ok=True)
-    spec_copy = out_dir / "spec.yaml"
-    if not spec_copy.exists():
-        shutil.copyfile(spec_path, spec_copy)
+    record_spec(spec_path, spec, out_dir)
     todo = pending_runs(spec, out_dir, shard, retry_crashed)
     if order is not None:
         todo.sort(key=order)
