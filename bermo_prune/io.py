@@ -13,13 +13,17 @@ from bermo_prune.errors import BermoPruneError
 
 
 def write_json_atomic(path: str | Path, data) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True, default=_jsonable) + "\n")
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Readers (other shards, a resumed sweep) see the old file or the new one, never half of it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2, sort_keys=True, default=_jsonable)
-            fh.write("\n")
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
         os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; results are meant to be shared
         os.replace(tmp, path)
     except BaseException:

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from bermo_prune.bench.spec import DENSE, Run, SweepSpec, expand, load_spec, spec_recipe, spec_training, start_training
 from bermo_prune.errors import BermoPruneError
-from bermo_prune.io import write_json_atomic
+from bermo_prune.io import write_json_atomic, write_text_atomic
 
 FINISHED = ("ok", "off_schedule", "diverged", "crashed")  # a run with one of these is not run again
 
@@ -79,7 +79,7 @@ def record_spec(spec_path: str | Path, spec: SweepSpec, out_dir: Path) -> None:
         if changed:
             raise BermoPruneError(f"{out_dir} holds runs made with another {', '.join(changed)} than {spec_path} "
                                   f"gives (see {record}); they would not be comparable: use another --out")
-    record.write_text(text, encoding="utf-8")
+    write_text_atomic(record, text)
 
 
 def start_checkpoint(spec: SweepSpec, out_dir: Path, arch: str) -> str:
