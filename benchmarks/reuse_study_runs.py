@@ -20,8 +20,10 @@ epochs, bundled recipe, seed, arch and target):
 - the SST-2 study (``sst2``) re-runs its L0 rows with the L0 pruner that follows its schedule
   (the old rows were moved to ``sst2/superseded/l0-before-schedule-fix/``): it takes L0 of pruner
   health, BERT and BERMo at 50/80/90% seeds 0-2, and BERT at 95% seeds 0-2 (seed 0 from pruner
-  health, seeds 1-2 from the short pruning-quality sweep). The study's spec runs the same
-  bundled recipe on the same budget.
+  health, seeds 1-2 from the short pruning-quality sweep). It also takes soft movement, which
+  joined the study later: pruner health's BERT and BERMo runs at 50/80/90% seeds 0-2 and the
+  short pruning-quality sweep's BERT runs at 95% seeds 0-2. The study's spec runs the same
+  bundled recipes on the same budget.
 
 This saves hours of CPU per sweep. Each copy keeps its original ``sweep`` and ``environment``
 fields and gains ``reused_from``; a run the target already has is left alone, so the copy is safe
@@ -61,21 +63,26 @@ def quality_short_candidates():
         yield health / f"{name}.json", name, None
 
 
-def study_l0_candidates():
-    """(source file, run id in the SST-2 study, label): the L0 runs that followed their schedule."""
+def study_candidates():
+    """(source file, run id in the SST-2 study, label): the L0 runs that followed their schedule,
+    and soft movement."""
     health = RESULTS / "pruner_health" / "runs"
-    for arch in ("bert", "bermo"):
-        for sparsity in ("0.5", "0.8", "0.9"):
-            for seed in SEEDS:
-                name = f"{arch}-l0-s{sparsity}-seed{seed}"
-                yield health / f"{name}.json", name, None
+    short = RESULTS / "pruner_quality" / "short" / "runs"
+    for pruner in ("l0", "soft_movement"):
+        for arch in ("bert", "bermo"):
+            for sparsity in ("0.5", "0.8", "0.9"):
+                for seed in SEEDS:
+                    name = f"{arch}-{pruner}-s{sparsity}-seed{seed}"
+                    yield health / f"{name}.json", name, None
     yield health / "bert-l0-s0.95-seed0.json", "bert-l0-s0.95-seed0", None
     for seed in (1, 2):
         name = f"bert-l0-s0.95-seed{seed}"
-        yield RESULTS / "pruner_quality" / "short" / "runs" / f"{name}.json", name, None
+        yield short / f"{name}.json", name, None
+    for seed in SEEDS:
+        name = f"bert-soft_movement-s0.95-seed{seed}"
+        yield short / f"{name}.json", name, None
 
-
-TARGETS = {"pruner_health": health_candidates, "short": quality_short_candidates, "sst2": study_l0_candidates}
+TARGETS = {"pruner_health": health_candidates, "short": quality_short_candidates, "sst2": study_candidates}
 
 
 def main(out: Path) -> None:
