@@ -13,6 +13,7 @@ from bermo_prune.bench.report import load_results, summarize, write_report
 from bermo_prune.bench.runner import pending_runs, run_sweep
 from bermo_prune.bench.spec import expand, load_spec
 from bermo_prune.cli import main
+from bermo_prune.errors import BermoPruneError
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
@@ -210,6 +211,11 @@ def test_a_resumed_sweep_may_grow_its_grid_but_not_change_how_runs_are_made(tmp_
     assert (out / "spec.yaml").read_text() == grown.read_text()
     assert sorted(path.name for path in (out / "runs").iterdir()) == [
         "bert-magnitude-s0.5-seed0.json", "bert-magnitude-s0.8-seed0.json"]
+    started = tmp_path / "started"  # a dense start made for the sweep counts as made with its spec
+    (started / "start" / "bert").mkdir(parents=True)
+    (started / "spec.yaml").write_text(grown.read_text())
+    with pytest.raises(BermoPruneError, match="another start"):
+        run_sweep(spec("with-start.yaml", sparsities=[0.5], start={"seed": 1}), started)
 
 
 def test_two_recipes_of_one_pruner_are_runs_and_rows_of_their_own(tmp_path, tiny_checkpoint, tiny_glue):

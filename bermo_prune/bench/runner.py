@@ -59,12 +59,13 @@ GRID_FIELDS = ("name", "archs", "recipes", "sparsities", "seeds", "seeds_at_high
 
 
 def record_spec(spec_path: str | Path, spec: SweepSpec, out_dir: Path) -> None:
-    """Keep ``out_dir/spec.yaml`` as the record of the sweep whose runs the folder holds. A resumed
-    sweep may grow or shrink its grid (the record is updated); a spec that would make its runs
-    differently from the runs already there is refused."""
+    """Keep ``out_dir/spec.yaml`` as the record of the sweep whose runs (and dense start) the folder
+    holds. A resumed sweep may grow or shrink its grid (the record is updated); a spec that would
+    make its runs differently from the runs already there is refused."""
     record = out_dir / "spec.yaml"
     text = Path(spec_path).read_text(encoding="utf-8")
-    if record.is_file() and any((out_dir / "runs").glob("*.json")):
+    made = any((out_dir / "runs").glob("*.json")) or (out_dir / "start").is_dir()  # a start is reused too
+    if record.is_file() and made:
         old_text = record.read_text(encoding="utf-8")
         if old_text == text:
             return
