@@ -20,10 +20,12 @@ epochs, bundled recipe, seed, arch and target):
 - the SST-2 study (``sst2``) re-runs its L0 rows with the L0 pruner that follows its schedule
   (the old rows were moved to ``sst2/superseded/l0-before-schedule-fix/``): it takes L0 of pruner
   health, BERT and BERMo at 50/80/90% seeds 0-2, and BERT at 95% seeds 0-2 (seed 0 from pruner
-  health, seeds 1-2 from the short pruning-quality sweep). It also takes soft movement, which
-  joined the study later: pruner health's BERT and BERMo runs at 50/80/90% seeds 0-2 and the
-  short pruning-quality sweep's BERT runs at 95% seeds 0-2. The study's spec runs the same
-  bundled recipes on the same budget.
+  health, seeds 1-2 from the short pruning-quality sweep). It also takes soft movement and
+  PLATON, which joined the study later: soft movement's runs of pruner health (BERT and BERMo at
+  50/80/90% seeds 0-2) and BERT at 95% seeds 0-2 from the short pruning-quality sweep; PLATON's
+  BERT runs of the short pruning-quality sweep (50% and 80% seed 0, 90% and 95% seeds 0-2; its
+  90% seed 0 from pruner health, where it was first run). The study's spec runs the same bundled
+  recipes on the same budget.
 
 This saves hours of CPU per sweep. Each copy keeps its original ``sweep`` and ``environment``
 fields and gains ``reused_from``; a run the target already has is left alone, so the copy is safe
@@ -65,7 +67,7 @@ def quality_short_candidates():
 
 def study_candidates():
     """(source file, run id in the SST-2 study, label): the L0 runs that followed their schedule,
-    and soft movement."""
+    soft movement and PLATON."""
     health = RESULTS / "pruner_health" / "runs"
     short = RESULTS / "pruner_quality" / "short" / "runs"
     for pruner in ("l0", "soft_movement"):
@@ -81,6 +83,12 @@ def study_candidates():
     for seed in SEEDS:
         name = f"bert-soft_movement-s0.95-seed{seed}"
         yield short / f"{name}.json", name, None
+    yield health / "bert-platon-s0.9-seed0.json", "bert-platon-s0.9-seed0", None
+    names = ["bert-platon-s0.5-seed0", "bert-platon-s0.8-seed0", "bert-platon-s0.9-seed1", "bert-platon-s0.9-seed2"]
+    names += [f"bert-platon-s0.95-seed{seed}" for seed in SEEDS]
+    for name in names:
+        yield short / f"{name}.json", name, None
+
 
 TARGETS = {"pruner_health": health_candidates, "short": quality_short_candidates, "sst2": study_candidates}
 
