@@ -56,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch threads per process")
     parser.add_argument("--first-sparsity", type=float, default=0.9)
     parser.add_argument("--favour", default="", help="comma-separated pruners whose extra seeds go before the others'")
+    parser.add_argument("--new-start", action="store_true",
+                        help="train the dense start again when it is not on this disk (a fresh machine)")
     parser.add_argument("--first-runs", default="",
                         help="comma-separated run-id patterns (e.g. 'bert-platon-s0.9-seed*') to run before all others")
     args = parser.parse_args(argv)
@@ -73,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{time.time() - began:6.0f} s] {run.run_id}: {result.get('status')} "
               f"{'' if value is None else f'{value:.4f}'} ({result.get('wall_time_s', 0):.0f} s)", flush=True)
 
-    run_sweep(args.spec, args.out, jobs=args.jobs, threads=args.threads,
+    run_sweep(args.spec, args.out, jobs=args.jobs, threads=args.threads, new_start=args.new_start,
               order=priority(spec, args.first_sparsity, favour, first_runs), on_start=started, on_done=done)
     return 0
 

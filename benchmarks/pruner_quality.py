@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bermo_prune.bench.report import summarize  # noqa: E402
+from bermo_prune.bench.report import start_label, summarize  # noqa: E402
 from bermo_prune.bench.results import load_results  # noqa: E402
 from bermo_prune.io import write_json_atomic  # noqa: E402
 
@@ -41,6 +41,21 @@ def rows_for(budget: str, results: list[dict]) -> list[dict]:
                      "dense_metric": r["dense_mean"],
                      "retention": r["retention"], "diverged": r["diverged"]})
     return rows
+
+
+def other_starts(budget: str, results: list[dict]) -> dict[tuple, set]:
+    """(budget, pruner, sparsity) -> the dense starts, other than the dense control's, that the
+    cell's runs pruned (a sweep resumed with ``--new-start`` where its start was not kept): those
+    cells compare with the control across two starts, and the tables say so."""
+    bert = [r for r in results if r.get("arch") == "bert"]
+    control = {start_label(r) for r in bert if (r.get("pruner") or DENSE) == DENSE}
+    cells: dict[tuple, set] = {}
+    for r in bert:
+        label = start_label(r)
+        if (r.get("pruner") or DENSE) != DENSE and label not in control:
+            key = (budget, r.get("label") or r["pruner"], round(float(r["target_sparsity"]), 6))
+            cells.setdefault(key, set()).add(label)
+    return cells
 
 
 def targets(rows: list[dict]) -> list[str]:
@@ -73,9 +88,11 @@ def targets(rows: list[dict]) -> list[str]:
     return lines
 
 
-def matrix(rows: list[dict], budget: str) -> list[str]:
+def matrix(rows: list[dict], budget: str, moved: dict[tuple, set] | None = None) -> list[str]:
     """One line per pruner, one column per sparsity: accuracy x100 (retention), seeds > 1 marked,
-    runs that collapsed marked with their count (the form the README quotes)."""
+    runs that collapsed marked with their count, cells pruned from another dense start than the
+    control's (``moved``, from ``other_starts``) marked with a dagger (the form the README quotes)."""
+    moved = moved or {}
     mine = [r for r in rows if r["budget"] == budget]
     sparsities = sorted({r["sparsity"] for r in mine})
     cell = {(r["pruner"], r["sparsity"]): r for r in mine}
@@ -94,14 +111,21 @@ def matrix(rows: list[dict], budget: str) -> list[str]:
                 text += f" [{r['seeds']} seeds]"
             if r["diverged"]:
                 text += f" collapsed {r['diverged']}/{r['seeds']}"
+            if (budget, pruner, s) in moved:
+                text += " †"
             cells.append(text)
         lines.append(f"| {pruner} | " + " | ".join(cells) + " |")
     if dense is not None:
         lines.append(f"| dense control | {100 * dense:.1f} |" + " |" * (len(sparsities) - 1))
+    labels = sorted({label for (b, _, _), found in moved.items() if b == budget for label in found})
+    if labels:
+        lines += ["", "† pruned from another dense start than the control's (start " + ", ".join(f"`{x}`" for x in labels)
+                  + "): the sweep was resumed where its start was not kept and trained it again; see the folder's "
+                  "start-bert-*.json."]
     return lines
 
 
-def markdown(rows: list[dict]) -> str:
+def markdown(rows: list[dict], moved: dict[tuple, set] | None = None) -> str:
     lines = ["# Pruning quality: accuracy kept against the dense control", "",
              "BERT (MiniLM-L6), SST-2 dev accuracy x100, mean over seeds; retention = accuracy / the dense control of "
              "the same budget.", ""]
@@ -109,7 +133,7 @@ def markdown(rows: list[dict]) -> str:
         mine = [r for r in rows if r["budget"] == budget]
         if not mine:
             continue
-        lines += [f"## {budget} budget", "", "Accuracy (retention):", "", *matrix(rows, budget), "",
+        lines += [f"## {budget} budget", "", "Accuracy (retention):", "", *matrix(rows, budget, moved), "",
                   "| pruner | sparsity | seeds | accuracy | std | dense | retention | diverged |",
                   "|---|---|---|---|---|---|---|---|"]
         for r in sorted(mine, key=lambda r: (r["sparsity"], r["pruner"])):
@@ -150,18 +174,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", type=Path, help="folder with short/ and full/ sweep outputs")
     args = parser.parse_args()
-    rows = []
+    rows, moved = [], {}
     for budget in BUDGETS:
         if (args.results / budget / "runs").is_dir():
-            rows += rows_for(budget, load_results(args.results / budget))
+            results = load_results(args.results / budget)
+            rows += rows_for(budget, results)
+            moved.update(other_starts(budget, results))
     if not rows:
         sys.exit(f"no finished runs under {args.results}/short or {args.results}/full")
     write_json_atomic(args.results / "summary.json", rows)
-    (args.results / "summary.md").write_text(markdown(rows))
+    (args.results / "summary.md").write_text(markdown(rows, moved))
     for budget in BUDGETS:
         if any(r["budget"] == budget for r in rows):
             plot(rows, budget, args.results / f"accuracy_{budget}.png")
-    print(markdown(rows))
+    print(markdown(rows, moved))
 
 
 if __name__ == "__main__":

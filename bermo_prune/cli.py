@@ -351,8 +351,10 @@ def recipe_plot(path, output, steps):
 @click.option("--shard", default="1/1", show_default=True, help="Run only shard i of n (array jobs).")
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Parallel local runs.")
 @click.option("--retry-crashed", is_flag=True, help="Run again the runs recorded as crashed.")
+@click.option("--new-start", is_flag=True,
+              help="Train the spec's dense start again when it is not on this disk but runs made from it are.")
 @click.option("--report/--no-report", "make_report", default=True, show_default=True, help="Write the report when done.")
-def bench(spec_path, out, shard, jobs, retry_crashed, make_report):
+def bench(spec_path, out, shard, jobs, retry_crashed, new_start, make_report):
     """Run a sweep (arch x recipe x sparsity x seed): one result file per run, resumable and shardable."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -375,7 +377,8 @@ def bench(spec_path, out, shard, jobs, retry_crashed, make_report):
         progress.update(state["task"], advance=1, last=f"{run.run_id}: {result['status']} {shown}")
 
     with progress:
-        run_sweep(spec_path, out, shard=shard_pair, jobs=jobs, retry_crashed=retry_crashed, on_start=on_start, on_done=on_done)
+        run_sweep(spec_path, out, shard=shard_pair, jobs=jobs, retry_crashed=retry_crashed, new_start=new_start,
+                  on_start=on_start, on_done=on_done)
     if make_report:
         _report(out, Path(out) / "report")
 

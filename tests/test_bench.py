@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -216,6 +217,39 @@ def test_a_resumed_sweep_may_grow_its_grid_but_not_change_how_runs_are_made(tmp_
     (started / "spec.yaml").write_text(grown.read_text())
     with pytest.raises(BermoPruneError, match="another start"):
         run_sweep(spec("with-start.yaml", sparsities=[0.5], start={"seed": 1}), started)
+
+
+def test_a_start_that_is_gone_is_trained_again_only_when_asked_and_runs_record_theirs(tmp_path, tiny_checkpoint, tiny_glue):
+    def spec(name, sparsities):
+        return write_spec(tmp_path / name, tiny_checkpoint, tiny_glue, archs=["bert"],
+                          recipes=[str(RECIPES / "sst2-magnitude.yaml")], sparsities=sparsities,
+                          start={"seed": 0, "teacher": True, "training": {"max_train_samples": 64, "epochs": 1}})
+
+    out = tmp_path / "out"
+    run_sweep(spec("first.yaml", [0.5]), out)
+    (first,) = load_results(out)
+    digest = first["start"]["weights_sha256"]
+    assert len(digest) == 64 and first["start"]["metric"] == json.loads((out / "start/bert/metrics.json").read_text())["best_metric"]
+    assert json.loads((out / f"start-bert-{digest[:12]}.json").read_text())["start"] == first["start"]
+
+    shutil.rmtree(out / "start")  # starts are not kept with results: a resume on another disk has none
+    grown = spec("grown.yaml", [0.5, 0.8])
+    result = CliRunner().invoke(main, ["bench", str(grown), "--out", str(out), "--no-report"])
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1 and "--new-start" in errors[0] and "Traceback" not in result.output, result.output
+    assert not (out / "start").exists() and len(load_results(out)) == 1  # nothing trained, nothing run
+
+    result = CliRunner().invoke(main, ["bench", str(grown), "--out", str(out), "--no-report", "--new-start"])
+    assert result.exit_code == 0, result.output
+    by_target = {r["target_sparsity"]: r for r in load_results(out)}
+    # the same machine trains the same start bit for bit: one start, and the report says nothing
+    assert by_target[0.8]["start"]["weights_sha256"] == digest
+    assert "different dense starts" not in report_text(out, tmp_path, "one-start")
+    by_target[0.8]["start"]["weights_sha256"] = "f" * 64  # as another machine's start would be
+    (out / "runs" / "bert-magnitude-s0.8-seed0.json").write_text(json.dumps(by_target[0.8]))
+    text = report_text(out, tmp_path, "two-starts")
+    assert "2 different dense starts" in text and "`ffffffffffff`" in text and f"`{digest[:12]}`" in text
 
 
 def test_two_recipes_of_one_pruner_are_runs_and_rows_of_their_own(tmp_path, tiny_checkpoint, tiny_glue):

@@ -46,11 +46,13 @@ def test_deploy_latency_tiny(tmp_path):
 
 
 def test_pruner_quality_summary_rows_and_targets(tmp_path):
-    def run(budget, pruner, sparsity, seed, accuracy, status="ok"):
+    def run(budget, pruner, sparsity, seed, accuracy, status="ok", start=None):
         folder = tmp_path / budget / "runs"
         folder.mkdir(parents=True, exist_ok=True)
         result = {"arch": "bert", "pruner": pruner, "target_sparsity": sparsity, "seed": seed, "status": status,
                   "main_metric": "accuracy", "metrics": {"accuracy": accuracy}}
+        if start:  # the dense start the run pruned (runs made before runs recorded it have none)
+            result["start"] = {"weights_sha256": start * 64, "metric": 0.88, "device": "cpu"}
         (folder / f"bert-{pruner}-s{sparsity}-seed{seed}.json").write_text(json.dumps(result))
 
     run("short", "dense", 0.0, 0, 0.86)
@@ -61,6 +63,7 @@ def test_pruner_quality_summary_rows_and_targets(tmp_path):
     run("full", "dense", 0.0, 0, 0.90)
     run("full", "platon", 0.9, 0, 0.88)
     run("full", "random", 0.9, 0, 0.89)
+    run("full", "l0", 0.8, 0, 0.87, start="a")  # resumed elsewhere with --new-start: another start
     run_script("pruner_quality.py", str(tmp_path))
 
     rows = json.loads((tmp_path / "summary.json").read_text())
@@ -79,6 +82,9 @@ def test_pruner_quality_summary_rows_and_targets(tmp_path):
     assert "beats the torch.nn.utils.prune anchor by >= 2 points: met (+4.0)" in text
     assert "every pruner beats random masks at every sparsity: missed (full platon 90%)" in text
     assert (tmp_path / "accuracy_short.png").is_file() and (tmp_path / "accuracy_full.png").is_file()
+    marked = [line for line in text.splitlines() if "†" in line]
+    assert [line.split(" |")[0] for line in marked[:1]] == ["| l0"] and "`aaaaaaaaaaaa`" in marked[1], marked
+    assert len(marked) == 2  # the l0 cell and its footnote; the control's own start goes unmarked
 
 
 # Runs kept in a results folder outside its spec's grid, each said in that folder's README.

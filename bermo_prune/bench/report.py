@@ -113,7 +113,33 @@ def markdown(rows: list[dict], results: list[dict]) -> str:
     off = sorted(r.get("run_id", r["arch"]) for r in results if r.get("status") == "off_schedule")
     if off:
         lines += [f"Off-schedule runs ({len(off)}): " + ", ".join(off) + ".", ""]
+    lines += start_lines(results)
     return "\n".join(lines)
+
+
+def start_label(result: dict) -> str | None:
+    """Which dense start a run of a sweep with a start pruned: the first 12 hex digits of its
+    weights' digest, or None for a run that did not record one (made before runs recorded it)."""
+    start = result.get("start")
+    return start["weights_sha256"][:12] if start else None
+
+
+def start_lines(results: list[dict]) -> list[str]:
+    """A warning when the runs of one report pruned different dense starts (a sweep resumed with
+    ``--new-start`` on another machine): their differences then include the start's."""
+    groups: dict[str | None, list[dict]] = {}
+    for r in results:
+        groups.setdefault(start_label(r), []).append(r)
+    if len(groups) < 2:
+        return []
+    lines = [f"**These runs start from {len(groups)} different dense starts** (a sweep resumed where its start "
+             "was not kept, trained again): compare runs across them knowing that the start differs too.", ""]
+    for label, group in groups.items():
+        start = group[0].get("start") or {}
+        about = (f"`{label}` (dev {100 * start['metric']:.2f} on {start.get('device') or 'unknown device'})"
+                 if label and start.get("metric") is not None else f"`{label}`" if label else "not recorded")
+        lines.append(f"- start {about}: {len(group)} runs")
+    return lines + [""]
 
 
 def write_csv(rows: list[dict], path: Path, columns: tuple[str, ...]) -> None:

@@ -3,6 +3,7 @@ sharded across machines (``--shard i/n``) and run in parallel (``--jobs N``)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -83,20 +84,60 @@ def record_spec(spec_path: str | Path, spec: SweepSpec, out_dir: Path) -> None:
     write_text_atomic(record, text)
 
 
-def start_checkpoint(spec: SweepSpec, out_dir: Path, arch: str) -> str:
+def start_checkpoint(spec: SweepSpec, out_dir: Path, arch: str, new_start: bool = False) -> str:
     """The checkpoint the runs of ``arch`` start from: the spec's, or its dense fine-tune
-    (made once, atomically, and reused by later runs, resumes and shards on the same disk)."""
+    (made once, atomically, and reused by later runs, resumes and shards on the same disk).
+
+    The fine-tune is not kept with the results (it is a checkpoint), so a sweep resumed on another
+    disk trains it again, and on another machine, device or library it comes out with other
+    weights: runs from both would share one report as if they had the same start. So a missing
+    start is trained again only with ``new_start`` when the folder already holds runs of ``arch``;
+    every run records the start it pruned (``start_identity``) and the report counts the starts."""
     if spec.start is None:
         return spec.checkpoint
     path = out_dir / "start" / arch
     if not (path / "metrics.json").is_file():
+        made = runs_of(out_dir, arch)
+        if made and not new_start:
+            raise BermoPruneError(
+                f"{out_dir} holds {made} runs of {arch} made from a dense start that is not on this disk "
+                f"({path}; starts are not kept with results); one trained here may have other weights and its "
+                "runs would share the report with theirs: pass --new-start to train it anyway (each run "
+                "records its start and the report counts them)")
         from bermo_prune import runs
 
         runs.finetune(
             spec.checkpoint, arch, spec.task, path, start_training(spec),
             seed=spec.start.seed, data_dir=spec.data, overwrite=True, progress=False,
         )
+        identity = start_identity(path)
+        record = json.loads((path / "metrics.json").read_text())
+        write_json_atomic(out_dir / f"start-{arch}-{identity['weights_sha256'][:12]}.json", {**record, "start": identity})
     return str(path)
+
+
+def runs_of(out_dir: Path, arch: str) -> int:
+    """How many result files of ``arch`` the folder holds."""
+    count = 0
+    for path in (out_dir / "runs").glob("*.json"):
+        try:
+            count += json.loads(path.read_text()).get("arch") == arch
+        except json.JSONDecodeError:
+            continue
+    return count
+
+
+def start_identity(path: Path) -> dict:
+    """What tells two dense starts apart: the digest of their weights (two machines that train the
+    same start bit for bit give the same digest), with its dev metric and device for the reader."""
+    digest = hashlib.sha256()
+    for weights in sorted(path.glob("*.safetensors")):
+        with weights.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    metrics = json.loads((path / "metrics.json").read_text())
+    return {"weights_sha256": digest.hexdigest(), "metric": metrics.get("best_metric"),
+            "device": (metrics.get("environment") or {}).get("device")}
 
 
 def execute_run(spec: SweepSpec, run: Run, out_dir: Path, progress: bool = False) -> dict:
@@ -107,6 +148,8 @@ def execute_run(spec: SweepSpec, run: Run, out_dir: Path, progress: bool = False
     base = {"run_id": run.run_id, "sweep": spec.name, "recipe_name": run.recipe, **run.model_dump()}
     try:
         checkpoint = start_checkpoint(spec, out_dir, run.arch)
+        if spec.start is not None:
+            base["start"] = start_identity(Path(checkpoint))
         if run.recipe == DENSE:
             report = runs.finetune(
                 checkpoint, run.arch, spec.task, None, spec_training(spec),
@@ -149,6 +192,7 @@ def run_sweep(
     shard: tuple[int, int] = (1, 1),
     jobs: int = 1,
     retry_crashed: bool = False,
+    new_start: bool = False,
     order=None,
     threads: int | None = None,
     on_start=None,
@@ -157,7 +201,8 @@ def run_sweep(
     """Run every pending run of this shard; returns the runs executed. ``order`` (a sort key on
     runs) changes which go first (the default is the spec's order), ``threads`` the torch threads
     of each parallel job (default: the cores shared out). ``on_start(todo)`` and
-    ``on_done(run, result)`` let a front end show progress."""
+    ``on_done(run, result)`` let a front end show progress; ``new_start`` lets a sweep whose dense
+    start is not on this disk train it again (see ``start_checkpoint``)."""
     spec = load_spec(spec_path)
     out_dir = Path(out_dir)
     (out_dir / "runs").mkdir(parents=True, exist_ok=True)
@@ -168,7 +213,7 @@ def run_sweep(
     if on_start:
         on_start(todo)
     for arch in sorted({run.arch for run in todo}):  # before any worker starts, so none races to make it
-        start_checkpoint(spec, out_dir, arch)
+        start_checkpoint(spec, out_dir, arch, new_start)
     if jobs <= 1:
         for run in todo:
             result = execute_run(spec, run, out_dir)
