@@ -232,6 +232,11 @@ def test_a_start_that_is_gone_is_trained_again_only_when_asked_and_runs_record_t
     assert len(digest) == 64 and first["start"]["metric"] == json.loads((out / "start/bert/metrics.json").read_text())["best_metric"]
     assert json.loads((out / f"start-bert-{digest[:12]}.json").read_text())["start"] == first["start"]
 
+    for kept in (out / "start" / "bert").iterdir():  # a start copied without its model is not a start
+        if kept.name != "metrics.json":
+            kept.unlink()
+    with pytest.raises(BermoPruneError, match="--new-start"):
+        run_sweep(spec("first.yaml", [0.5, 0.8]), out)
     shutil.rmtree(out / "start")  # starts are not kept with results: a resume on another disk has none
     grown = spec("grown.yaml", [0.5, 0.8])
     result = CliRunner().invoke(main, ["bench", str(grown), "--out", str(out), "--no-report"])

@@ -96,7 +96,7 @@ def start_checkpoint(spec: SweepSpec, out_dir: Path, arch: str, new_start: bool 
     if spec.start is None:
         return spec.checkpoint
     path = out_dir / "start" / arch
-    if not (path / "metrics.json").is_file():
+    if not start_is_whole(path):
         made = runs_of(out_dir, arch)
         if made and not new_start:
             raise BermoPruneError(
@@ -114,6 +114,12 @@ def start_checkpoint(spec: SweepSpec, out_dir: Path, arch: str, new_start: bool 
         record = json.loads((path / "metrics.json").read_text())
         write_json_atomic(out_dir / f"start-{arch}-{identity['weights_sha256'][:12]}.json", {**record, "start": identity})
     return str(path)
+
+
+def start_is_whole(path: Path) -> bool:
+    """Whether ``path`` holds a finished start: its report and a loadable model. A report alone
+    (a results folder copied without its checkpoint) is not one: every run would crash on it."""
+    return all((path / name).is_file() for name in ("metrics.json", "config.json")) and any(path.glob("*.safetensors"))
 
 
 def runs_of(out_dir: Path, arch: str) -> int:
