@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bermo_prune.bench.report import start_label, summarize  # noqa: E402
+from bermo_prune.bench.report import cell_key, start_label, summarize  # noqa: E402
 from bermo_prune.bench.results import load_results  # noqa: E402
 from bermo_prune.io import write_json_atomic  # noqa: E402
 
@@ -48,13 +48,12 @@ def other_starts(budget: str, results: list[dict]) -> dict[tuple, set]:
     cell's runs pruned (a sweep resumed with ``--new-start`` where its start was not kept): those
     cells compare with the control across two starts, and the tables say so."""
     bert = [r for r in results if r.get("arch") == "bert"]
-    control = {start_label(r) for r in bert if (r.get("pruner") or DENSE) == DENSE}
+    control = {start_label(r) for r in bert if cell_key(r)[1] == DENSE}
     cells: dict[tuple, set] = {}
     for r in bert:
-        label = start_label(r)
-        if (r.get("pruner") or DENSE) != DENSE and label not in control:
-            key = (budget, r.get("label") or r["pruner"], round(float(r["target_sparsity"]), 6))
-            cells.setdefault(key, set()).add(label)
+        _, pruner, sparsity = cell_key(r)
+        if pruner != DENSE and start_label(r) not in control:
+            cells.setdefault((budget, pruner, sparsity), set()).add(start_label(r))
     return cells
 
 

@@ -31,11 +31,18 @@ def _stats(values: list[float]) -> tuple[float | None, float | None]:
     return mean(values), (stdev(values) if len(values) > 1 else 0.0)
 
 
+def cell_key(result: dict) -> tuple[str, str, float]:
+    """The report row a run belongs to: arch, pruner (or the recipe's label where two recipes share
+    a pruner; 'dense' for dense runs) and target sparsity."""
+    return (result["arch"], result.get("label") or result.get("pruner") or DENSE,
+            round(float(result.get("target_sparsity") or 0.0), 6))
+
+
 def summarize(results: list[dict]) -> list[dict]:
     """One row per arch x pruner x target sparsity (dense baselines included, pruner 'dense')."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in results:
-        groups[(r["arch"], r.get("label") or r.get("pruner") or DENSE, round(float(r.get("target_sparsity") or 0.0), 6))].append(r)
+        groups[cell_key(r)].append(r)
     dense = {}
     for (arch, pruner, _), members in groups.items():
         if pruner == DENSE:
@@ -136,8 +143,9 @@ def start_lines(results: list[dict]) -> list[str]:
              "was not kept, trained again): compare runs across them knowing that the start differs too.", ""]
     for label, group in groups.items():
         start = group[0].get("start") or {}
-        about = (f"`{label}` (dev {100 * start['metric']:.2f} on {start.get('device') or 'unknown device'})"
-                 if label and start.get("metric") is not None else f"`{label}`" if label else "not recorded")
+        about = f"`{label}`" if label else "not recorded"
+        if start.get("metric") is not None:
+            about += f" (dev {100 * start['metric']:.2f} on {start.get('device') or 'unknown device'})"
         lines.append(f"- start {about}: {len(group)} runs")
     return lines + [""]
 
