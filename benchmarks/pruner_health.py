@@ -13,8 +13,10 @@ Writes into the results folder:
 
 Definitions. ``mean_metric``: dev accuracy averaged over the finished seeds, diverged runs
 included. ``max_schedule_gap``: the largest |achieved - scheduled| sparsity over the logged steps
-inside the pruning window (every 10 steps), over seeds; for L0 the achieved value is the expected
-sparsity of the gates, for soft movement the threshold sparsity. ``freeze_jump``: the change of
+inside the pruning window (every 10 steps), over seeds (``bermo_prune.bench.results.schedule_gap``:
+"scheduled" is the value asked at the pruner's last mask update, or, for L0 and soft movement, whose
+sparsity is trained between updates, the schedule at that step; for L0 the achieved value is the
+expected sparsity of the gates, for soft movement the threshold sparsity). ``freeze_jump``: the change of
 sparsity when the masks were fixed (final - just before), the largest in size over seeds, signed.
 ``budget_steps``: optimizer steps of the runs.
 """
@@ -29,7 +31,7 @@ from statistics import mean
 
 from bermo_prune.bench.plots import META, _figure
 from bermo_prune.bench.report import WITH_METRIC, load_results, main_value
-from bermo_prune.recipes import Recipe
+from bermo_prune.bench.results import freeze_jump, planned_schedule, schedule_gap
 
 RANDOM = "random"
 
@@ -43,27 +45,6 @@ def score_mode(result: dict) -> str | None:
 def name(result: dict) -> str:
     mode = score_mode(result)
     return f"movement ({mode})" if mode else result["pruner"]
-
-
-def schedule_of(result: dict):
-    return Recipe.model_validate(result["recipe"]).sparsity_schedule(result["steps"])
-
-
-def schedule_gap(result: dict, after: float = 0.0) -> float | None:
-    """Largest |achieved - scheduled| over the logged steps inside the window, from ``after`` (a
-    fraction of the window) on."""
-    s = schedule_of(result)
-    first = s.start_step + after * (s.end_step - s.start_step)
-    gaps = [abs(c["sparsity"] - s(c["step"])) for c in result.get("loss_curve", [])
-            if "sparsity" in c and s.in_window(c["step"]) and c["step"] >= first]
-    return max(gaps) if gaps else None
-
-
-def freeze_jump(result: dict) -> float | None:
-    jump = result.get("freeze_jump")
-    if jump is None and result.get("sparsity_before_freeze") is not None:
-        jump = result["sparsity"]["targeted"] - result["sparsity_before_freeze"]
-    return jump
 
 
 def _largest(values: list[float]) -> float | None:
@@ -118,7 +99,9 @@ def markdown(rows: list[dict], results: list[dict]) -> str:
         "",
         "SST-2 dev accuracy (x100, mean over seeds, diverged runs included); `vs random` = margin over the "
         "random-mask control of the same arch and sparsity; `max gap` = largest |achieved - scheduled| "
-        "sparsity inside the pruning window (points), `from 20%` = the same from 20% of the window on; "
+        "sparsity inside the pruning window (points; scheduled = the value asked at the pruner's last mask "
+        "update, or the schedule at that step for l0 and soft_movement, whose sparsity is trained between "
+        "updates), `from 20%` = the same from 20% of the window on; "
         "`freeze` = sparsity change when the masks were fixed (points).",
         "",
         "| arch | pruner | sparsity | seeds | accuracy | vs random | diverged | max gap | from 20% | freeze | steps |",
@@ -156,7 +139,7 @@ def trajectories(results: list[dict], path: Path) -> None:
             ax.plot([c["step"] for c in curve], [c["sparsity"] for c in curve], color=colour, alpha=0.6,
                     linewidth=1, linestyle="-" if r["arch"] == "bert" else "--")
             if target not in drawn:
-                s = schedule_of(r)
+                s, _ = planned_schedule(r)
                 steps = range(0, r["steps"] + 1)
                 ax.plot(steps, [s(t) for t in steps], color="black", linewidth=0.8, linestyle=":")
                 drawn.add(target)

@@ -10,20 +10,24 @@ the same folder:
   summary.json         rows {"budget", "pruner", "sparsity", "seeds", "mean_metric", "std_metric",
                        "dense_metric", "retention", "diverged"} (BERT only; retention = mean metric /
                        the dense control of the same budget, trained as long)
-  summary.md           one table per budget, and the issue's targets, met or not
+  summary.md           one table per budget, how closely each pruner's own sparsity followed its
+                       schedule, and the issue's targets, met or not
   accuracy_<budget>.png  dev accuracy against sparsity, one line per pruner
+  tracking_<budget>.png  sparsity during training against the schedule, per pruner at 90%
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bermo_prune.bench.report import cell_key, start_label, summarize  # noqa: E402
-from bermo_prune.bench.results import load_results  # noqa: E402
+from bermo_prune.bench.report import start_label, summarize  # noqa: E402
+from bermo_prune.bench.plots import sparsity_tracking  # noqa: E402
+from bermo_prune.bench.results import WITH_METRIC, cell_key, freeze_jump, load_results, schedule_gap  # noqa: E402
 from bermo_prune.io import write_json_atomic  # noqa: E402
 
 BUDGETS = ("short", "full")
@@ -55,6 +59,40 @@ def other_starts(budget: str, results: list[dict]) -> dict[tuple, set]:
         if pruner != DENSE and start_label(r) not in control:
             cells.setdefault((budget, pruner, sparsity), set()).add(start_label(r))
     return cells
+
+
+def tracking_rows(budget: str, results: list[dict]) -> list[dict]:
+    """Per pruner and sparsity (BERT): how far the runs' own sparsity strayed from the schedule
+    inside the window, over the whole window and from 20% of it on (the cubic schedule's steep
+    opening is where a pruner that needs time to act trails it), and the freeze's jump; the
+    largest over seeds. One-shot masks have no window (None)."""
+    cells = defaultdict(list)
+    for r in results:
+        arch, pruner, sparsity = cell_key(r)
+        if arch == "bert" and pruner != DENSE and r.get("status") in WITH_METRIC:
+            cells[(pruner, sparsity)].append(r)
+
+    def largest(values):
+        values = [v for v in values if v is not None]
+        return max(values, key=abs) if values else None
+
+    return [{"budget": budget, "pruner": pruner, "sparsity": sparsity,
+             "max_gap": largest(schedule_gap(r) for r in runs),
+             "late_gap": largest(schedule_gap(r, after=0.2) for r in runs),
+             "freeze_jump": largest(freeze_jump(r) for r in runs)}
+            for (pruner, sparsity), runs in sorted(cells.items(), key=lambda kv: (kv[0][0] in (RANDOM, ANCHOR), kv[0]))]
+
+
+def tracking_table(tracking: list[dict], budget: str) -> list[str]:
+    def points(value, signed=False):
+        return "-" if value is None else f"{100 * value:+.1f}" if signed else f"{100 * value:.1f}"
+
+    lines = ["| pruner | sparsity | max gap | from 20% of the window | freeze |", "|---|---|---|---|---|"]
+    for r in tracking:
+        if r["budget"] == budget:
+            lines.append(f"| {r['pruner']} | {r['sparsity']:.0%} | {points(r['max_gap'])} | {points(r['late_gap'])} | "
+                         f"{points(r['freeze_jump'], signed=True)} |")
+    return lines
 
 
 def targets(rows: list[dict]) -> list[str]:
@@ -124,7 +162,7 @@ def matrix(rows: list[dict], budget: str, moved: dict[tuple, set] | None = None)
     return lines
 
 
-def markdown(rows: list[dict], moved: dict[tuple, set] | None = None) -> str:
+def markdown(rows: list[dict], moved: dict[tuple, set] | None = None, tracking: list[dict] | None = None) -> str:
     lines = ["# Pruning quality: accuracy kept against the dense control", "",
              "BERT (MiniLM-L6), SST-2 dev accuracy x100, mean over seeds; retention = accuracy / the dense control of "
              "the same budget.", ""]
@@ -142,6 +180,14 @@ def markdown(rows: list[dict], moved: dict[tuple, set] | None = None) -> str:
             retention = "-" if r["retention"] is None else f"{r['retention']:.1%}"
             lines.append(f"| {r['pruner']} | {r['sparsity']:.0%} | {r['seeds']} | {accuracy} | {std} | {dense} | {retention} | {r['diverged']} |")
         lines += ["", f"![accuracy against sparsity, {budget} budget](accuracy_{budget}.png)", ""]
+        if any(r["budget"] == budget for r in tracking or []):
+            lines += ["Schedule tracking (points of sparsity; largest over seeds): `max gap` = largest |own sparsity - "
+                      "scheduled| at the logged steps inside the window, scheduled = the value asked at the pruner's last "
+                      "mask update, or the schedule at that step for l0 and soft_movement, whose sparsity is trained between "
+                      "updates (l0: the gates' expected sparsity, soft_movement: the threshold sparsity); `freeze` = the "
+                      "change when the masks were fixed.", "",
+                      *tracking_table(tracking, budget), "",
+                      f"![sparsity against the schedule, {budget} budget](tracking_{budget}.png)", ""]
     lines += ["## Targets", "", *targets(rows), ""]
     return "\n".join(lines)
 
@@ -173,20 +219,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", type=Path, help="folder with short/ and full/ sweep outputs")
     args = parser.parse_args()
-    rows, moved = [], {}
+    rows, moved, tracking = [], {}, []
     for budget in BUDGETS:
         if (args.results / budget / "runs").is_dir():
             results = load_results(args.results / budget)
             rows += rows_for(budget, results)
             moved.update(other_starts(budget, results))
+            tracking += tracking_rows(budget, results)
+            bert = [r for r in results if r.get("arch") == "bert"]
+            if not sparsity_tracking(bert, args.results / f"tracking_{budget}.png"):
+                tracking = [r for r in tracking if r["budget"] != budget]  # no logged sparsity to show
     if not rows:
         sys.exit(f"no finished runs under {args.results}/short or {args.results}/full")
     write_json_atomic(args.results / "summary.json", rows)
-    (args.results / "summary.md").write_text(markdown(rows, moved))
+    text = markdown(rows, moved, tracking)
+    (args.results / "summary.md").write_text(text)
     for budget in BUDGETS:
         if any(r["budget"] == budget for r in rows):
             plot(rows, budget, args.results / f"accuracy_{budget}.png")
-    print(markdown(rows, moved))
+    print(text)
 
 
 if __name__ == "__main__":

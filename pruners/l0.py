@@ -164,6 +164,7 @@ class HardConcreteMask(nn.Module):
 class L0Pruner(Pruner):
     name = "l0"
     Options = L0Options
+    trained_sparsity = True
 
     def make_parametrization(self, name, module):
         return HardConcreteMask(module.weight.shape, tuple(self.options.block), self.options.init_keep, module.weight.device)

@@ -133,6 +133,7 @@ class ThresholdMask(LearnedScoreMask):
 class SoftMovementPruner(Pruner):
     name = "soft_movement"
     Options = SoftMovementOptions
+    trained_sparsity = True
 
     def __init__(self, recipe):
         super().__init__(recipe)

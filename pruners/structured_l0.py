@@ -38,6 +38,7 @@ class StructuredL0Options(StructuredOptions):
 class HeadNeuronL0Pruner(StructuredPruner):
     name = "head_neuron_l0"
     Options = StructuredL0Options
+    trained_sparsity = True
 
     def on_attach(self):
         super().on_attach()

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bermo_prune.recipes import load_recipe, recipe_to_dict
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -46,13 +48,18 @@ def test_deploy_latency_tiny(tmp_path):
 
 
 def test_pruner_quality_summary_rows_and_targets(tmp_path):
-    def run(budget, pruner, sparsity, seed, accuracy, status="ok", start=None):
+    def run(budget, pruner, sparsity, seed, accuracy, status="ok", start=None, lag=None):
         folder = tmp_path / budget / "runs"
         folder.mkdir(parents=True, exist_ok=True)
         result = {"arch": "bert", "pruner": pruner, "target_sparsity": sparsity, "seed": seed, "status": status,
                   "main_metric": "accuracy", "metrics": {"accuracy": accuracy}}
         if start:  # the dense start the run pruned (runs made before runs recorded it have none)
             result["start"] = {"weights_sha256": start * 64, "metric": 0.88, "device": "cpu"}
+        if lag is not None:  # a logged run, its sparsity ``lag`` under the schedule (masks every 10 steps)
+            recipe = load_recipe(ROOT / "recipes" / "sst2-platon.yaml", {"target_sparsity": sparsity})
+            schedule = recipe.sparsity_schedule(500)
+            result.update(recipe=recipe_to_dict(recipe), steps=500, loss_curve=[
+                {"step": t, "loss": 0.3, "sparsity": max(0.0, schedule(t) - lag)} for t in range(10, 501, 10)])
         (folder / f"bert-{pruner}-s{sparsity}-seed{seed}.json").write_text(json.dumps(result))
 
     run("short", "dense", 0.0, 0, 0.86)
@@ -61,8 +68,8 @@ def test_pruner_quality_summary_rows_and_targets(tmp_path):
     run("short", "one-shot-magnitude", 0.9, 0, 0.77)
     run("short", "random", 0.9, 0, 0.509, status="diverged")
     run("full", "dense", 0.0, 0, 0.90)
-    run("full", "platon", 0.9, 0, 0.88)
-    run("full", "random", 0.9, 0, 0.89)
+    run("full", "platon", 0.9, 0, 0.88, lag=0.0)
+    run("full", "random", 0.9, 0, 0.89, lag=0.02)
     run("full", "l0", 0.8, 0, 0.87, start="a")  # resumed elsewhere with --new-start: another start
     run_script("pruner_quality.py", str(tmp_path))
 
@@ -85,6 +92,11 @@ def test_pruner_quality_summary_rows_and_targets(tmp_path):
     marked = [line for line in text.splitlines() if "†" in line]
     assert [line.split(" |")[0] for line in marked[:1]] == ["| l0"] and "`aaaaaaaaaaaa`" in marked[1], marked
     assert len(marked) == 2  # the l0 cell and its footnote; the control's own start goes unmarked
+    # Schedule tracking: only the budget with logged runs has it.
+    assert "| platon | 90% | 0.0 | 0.0 | - |" in text and "| random | 90% | 2.0 | 2.0 | - |" in text
+    assert "| l0 | 80% | - | - | - |" in text  # no log: nothing to say
+    assert text.count("Schedule tracking") == 1 and (tmp_path / "tracking_full.png").is_file()
+    assert not (tmp_path / "tracking_short.png").exists()
 
 
 # Runs kept in a results folder outside its spec's grid, each said in that folder's README.

@@ -6,7 +6,7 @@ from collections import defaultdict
 from pathlib import Path
 from statistics import mean
 
-from bermo_prune.bench.results import WITH_METRIC
+from bermo_prune.bench.results import WITH_METRIC, cell_key
 
 ARCH_STYLE = {"bert": "-", "bermo": "--"}
 # PNG metadata without the matplotlib version, so figures are reproducible byte for byte.
@@ -130,8 +130,8 @@ def sparsity_tracking(results: list[dict], path: Path, near: float = 0.9) -> boo
     fig = _figure()
     ax = fig.add_subplot()
     schedules = defaultdict(list)  # pruners that share a schedule share its line
-    for i, pruner in enumerate(sorted({r["pruner"] for r in pruned})):
-        runs = [r for r in pruned if r["pruner"] == pruner]
+    for i, pruner in enumerate(sorted({cell_key(r)[1] for r in pruned})):  # two recipes of one pruner: two lines
+        runs = [r for r in pruned if cell_key(r)[1] == pruner]
         target = min({r["target_sparsity"] for r in runs}, key=lambda t: (abs(t - near), -t))
         runs = [r for r in runs if r["target_sparsity"] == target]
         by_step = defaultdict(list)

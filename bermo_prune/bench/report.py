@@ -13,7 +13,7 @@ from pathlib import Path
 from statistics import mean, stdev
 
 from bermo_prune.bench import compare, plots
-from bermo_prune.bench.results import DENSE, WITH_METRIC, fmt, load_results, main_value
+from bermo_prune.bench.results import DENSE, WITH_METRIC, cell_key, fmt, load_results, main_value
 from bermo_prune.io import write_json_atomic
 
 __all__ = ["DENSE", "WITH_METRIC", "fmt", "load_results", "main_value", "markdown", "summarize", "write_report"]
@@ -29,13 +29,6 @@ def _stats(values: list[float]) -> tuple[float | None, float | None]:
     if not values:
         return None, None
     return mean(values), (stdev(values) if len(values) > 1 else 0.0)
-
-
-def cell_key(result: dict) -> tuple[str, str, float]:
-    """The report row a run belongs to: arch, pruner (or the recipe's label where two recipes share
-    a pruner; 'dense' for dense runs) and target sparsity."""
-    return (result["arch"], result.get("label") or result.get("pruner") or DENSE,
-            round(float(result.get("target_sparsity") or 0.0), 6))
 
 
 def summarize(results: list[dict]) -> list[dict]:

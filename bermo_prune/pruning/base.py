@@ -33,6 +33,10 @@ class NoOptions(BaseModel):
 class Pruner:
     name: ClassVar[str] = ""
     Options: ClassVar[type[BaseModel]] = NoOptions
+    # Whether the sparsity moves between mask updates because it is trained (gates, thresholded
+    # scores) instead of being set at each update and held: schedule tracking then compares it
+    # with the schedule at every step, not with the value last asked (a staircase under the curve).
+    trained_sparsity: ClassVar[bool] = False
 
     def __init__(self, recipe):
         self.recipe = recipe
