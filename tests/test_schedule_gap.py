@@ -5,6 +5,7 @@ to the curve at every logged step."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -16,10 +17,13 @@ RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 TOTAL = 500  # oBERT's bundled recipe: window 50-350, masks every 50 steps
 
 
-def run(pruner: str, sparsity_at) -> dict:
+def run(pruner: str, sparsity_at, window: tuple[int, int] | None = None) -> dict:
     recipe = load_recipe(RECIPES / "sst2-obert.yaml")
     schedule = recipe.sparsity_schedule(TOTAL)
-    return {"pruner": pruner, "recipe": recipe_to_dict(recipe), "steps": TOTAL, "plan": {"total_steps": TOTAL},
+    if window:  # the pruner opened its window elsewhere (movement's score_warmup), as its plan says
+        schedule = dataclasses.replace(schedule, start_step=window[0], end_step=window[1])
+    plan = {"total_steps": TOTAL, "window": list(window or (schedule.start_step, schedule.end_step))}
+    return {"pruner": pruner, "recipe": recipe_to_dict(recipe), "steps": TOTAL, "plan": plan,
             "loss_curve": [{"step": t, "loss": 0.3, "sparsity": sparsity_at(schedule, t)} for t in range(10, TOTAL + 1, 10)]}
 
 
@@ -30,6 +34,13 @@ def staircase(schedule, t, lag=0):
 
 def test_a_staircase_that_lands_on_each_update_is_on_schedule():
     assert schedule_gap(run("obert", staircase)) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_the_window_is_the_plan_s():
+    result = run("obert", staircase, window=(150, 350))
+    assert schedule_gap(result) == pytest.approx(0.0, abs=1e-12)
+    del result["plan"]["window"]  # read against the recipe's window (50-350) it would be far off
+    assert schedule_gap(result) > 0.3
 
 
 def test_a_staircase_one_update_late_is_not():

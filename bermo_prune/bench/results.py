@@ -3,6 +3,7 @@ run files and the small facts every table needs (finished statuses, a run's main
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -51,12 +52,16 @@ def fmt(value, pct: bool = False) -> str:
 def planned_schedule(result: dict):
     """The sparsity schedule the run's pruner followed, and the steps between its mask updates:
     its recipe's over the planned steps (a run stopped early by a non-finite loss logs fewer
-    steps than it planned)."""
+    steps than it planned), in the window of the run's plan where it has one (movement's
+    ``score_warmup`` opens the window later than the recipe says)."""
     from bermo_prune.recipes import Recipe
 
     recipe = Recipe.model_validate(result["recipe"])
-    total = (result.get("plan") or {}).get("total_steps") or result["steps"]
-    return recipe.sparsity_schedule(total), recipe.schedule.update_every
+    plan = result.get("plan") or {}
+    schedule = recipe.sparsity_schedule(plan.get("total_steps") or result["steps"])
+    if plan.get("window") and schedule.shape not in ("one_shot", "constant"):
+        schedule = dataclasses.replace(schedule, start_step=plan["window"][0], end_step=plan["window"][1])
+    return schedule, recipe.schedule.update_every
 
 
 def schedule_gap(result: dict, after: float = 0.0) -> float | None:
