@@ -31,7 +31,7 @@ from statistics import mean
 
 from bermo_prune.bench.plots import META, _figure
 from bermo_prune.bench.report import WITH_METRIC, load_results, main_value
-from bermo_prune.bench.results import freeze_jump, planned_schedule, schedule_gap
+from bermo_prune.bench.results import freeze_jump, largest_in_size, planned_schedule, schedule_gap
 
 RANDOM = "random"
 
@@ -45,11 +45,6 @@ def score_mode(result: dict) -> str | None:
 def name(result: dict) -> str:
     mode = score_mode(result)
     return f"movement ({mode})" if mode else result["pruner"]
-
-
-def _largest(values: list[float]) -> float | None:
-    values = [v for v in values if v is not None]
-    return max(values, key=abs) if values else None
 
 
 def summarize(results: list[dict]) -> list[dict]:
@@ -70,7 +65,7 @@ def summarize(results: list[dict]) -> list[dict]:
             "mean_metric": mean(metrics) if metrics else None,
             "diverged": sum(r["status"] == "diverged" for r in runs),
             "max_schedule_gap": max((g for g in gaps if g is not None), default=None),
-            "freeze_jump": _largest([freeze_jump(r) for r in runs]),
+            "freeze_jump": largest_in_size(freeze_jump(r) for r in runs),
             "budget_steps": max(r["steps"] for r in runs),
         })
     return rows

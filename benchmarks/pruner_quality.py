@@ -27,11 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bermo_prune.bench.report import start_label, summarize  # noqa: E402
 from bermo_prune.bench.plots import sparsity_tracking  # noqa: E402
-from bermo_prune.bench.results import WITH_METRIC, cell_key, freeze_jump, load_results, schedule_gap  # noqa: E402
+from bermo_prune.bench.results import DENSE, WITH_METRIC, cell_key, freeze_jump, largest_in_size, load_results, schedule_gap  # noqa: E402
 from bermo_prune.io import write_json_atomic  # noqa: E402
 
 BUDGETS = ("short", "full")
-RANDOM, ANCHOR, DENSE = "random", "one-shot-magnitude", "dense"
+RANDOM, ANCHOR = "random", "one-shot-magnitude"
 
 
 def rows_for(budget: str, results: list[dict]) -> list[dict]:
@@ -71,15 +71,10 @@ def tracking_rows(budget: str, results: list[dict]) -> list[dict]:
         arch, pruner, sparsity = cell_key(r)
         if arch == "bert" and pruner != DENSE and r.get("status") in WITH_METRIC:
             cells[(pruner, sparsity)].append(r)
-
-    def largest(values):
-        values = [v for v in values if v is not None]
-        return max(values, key=abs) if values else None
-
     return [{"budget": budget, "pruner": pruner, "sparsity": sparsity,
-             "max_gap": largest(schedule_gap(r) for r in runs),
-             "late_gap": largest(schedule_gap(r, after=0.2) for r in runs),
-             "freeze_jump": largest(freeze_jump(r) for r in runs)}
+             "max_gap": largest_in_size(schedule_gap(r) for r in runs),
+             "late_gap": largest_in_size(schedule_gap(r, after=0.2) for r in runs),
+             "freeze_jump": largest_in_size(freeze_jump(r) for r in runs)}
             for (pruner, sparsity), runs in sorted(cells.items(), key=lambda kv: (kv[0][0] in (RANDOM, ANCHOR), kv[0]))]
 
 

@@ -98,3 +98,9 @@ def freeze_jump(result: dict) -> float | None:
     if jump is None and result.get("sparsity_before_freeze") is not None:
         jump = result["sparsity"]["targeted"] - result["sparsity_before_freeze"]
     return jump
+
+
+def largest_in_size(values) -> float | None:
+    """The value of largest size, sign kept, over those known (None where none is)."""
+    known = [v for v in values if v is not None]
+    return max(known, key=abs) if known else None
