@@ -174,19 +174,6 @@ def test_soft_movement_penalty_prunes_inside_the_window():
     assert max(lambdas) > pruner.options.initial_lambda  # the feedback raised lambda while behind
 
 
-def test_soft_movement_top_k_masks_follow_the_schedule_and_the_feedback_the_threshold():
-    """window_mask top_k: the masks are the scores' top-k at the schedule's value (update_every 1
-    here), while the penalty and its feedback still act on the threshold crossings."""
-    model, pruner = make("soft_movement", {"window_mask": "top_k"}, target=0.8, total=800)
-    start, end = pruner.schedule.start_step, pruner.schedule.end_step
-    thresholds = []
-    seen = train(model, pruner, end + 1, watch=lambda step, p: thresholds.append(p.threshold_sparsity()))
-    for step, scheduled, achieved in seen[: end - 1]:
-        assert achieved == (pytest.approx(scheduled, abs=2e-3) if step >= start else 0.0)
-    assert max(thresholds) > 0.5  # the penalty drove scores across the threshold meanwhile
-    assert pruner.frozen and pruner.current_sparsity() == pytest.approx(0.8, abs=1e-4)  # k rounded to whole weights
-
-
 def test_soft_movement_predicts_crossings_from_each_scores_fall():
     _, pruner = make("soft_movement")
     mask = next(iter(pruner.parametrizations().values()))

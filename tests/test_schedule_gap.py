@@ -11,24 +11,19 @@ from pathlib import Path
 import pytest
 
 from bermo_prune.bench.results import schedule_gap
-from bermo_prune.pruning.registry import available_pruners
 from bermo_prune.recipes import load_recipe, recipe_to_dict
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 TOTAL = 500  # oBERT's bundled recipe: window 50-350, masks every 50 steps
 
 
-def run(pruner: str, sparsity_at, window: tuple[int, int] | None = None, options: dict | None = None) -> dict:
-    """A run of ``pruner`` (with these options) on oBERT's bundled schedule."""
+def run(pruner: str, sparsity_at, window: tuple[int, int] | None = None) -> dict:
     recipe = load_recipe(RECIPES / "sst2-obert.yaml")
     schedule = recipe.sparsity_schedule(TOTAL)
     if window:  # the pruner opened its window elsewhere (movement's score_warmup), as its plan says
         schedule = dataclasses.replace(schedule, start_step=window[0], end_step=window[1])
     plan = {"total_steps": TOTAL, "window": list(window or (schedule.start_step, schedule.end_step))}
-    recipe_dict = recipe_to_dict(recipe)
-    if pruner in available_pruners():
-        recipe_dict["pruner"] = {"name": pruner, "options": options or {}}
-    return {"pruner": pruner, "recipe": recipe_dict, "steps": TOTAL, "plan": plan,
+    return {"pruner": pruner, "recipe": recipe_to_dict(recipe), "steps": TOTAL, "plan": plan,
             "loss_curve": [{"step": t, "loss": 0.3, "sparsity": sparsity_at(schedule, t)} for t in range(10, TOTAL + 1, 10)]}
 
 
@@ -59,12 +54,6 @@ def test_trained_sparsity_is_held_to_the_curve_and_unknown_pruners_too():
     held = schedule_gap(run("soft_movement", staircase))  # holding between updates is trailing for it
     assert held > 0.2
     assert schedule_gap(run("some-plugin-not-installed", staircase)) == held  # the stricter comparison
-
-
-def test_an_option_that_holds_the_masks_is_held_to_the_staircase():
-    top_k = {"window_mask": "top_k"}  # soft movement's masks set at each update, not by its threshold
-    assert schedule_gap(run("soft_movement", staircase, options=top_k)) == pytest.approx(0.0, abs=1e-12)
-    assert schedule_gap(run("soft_movement", lambda s, t: staircase(s, t, lag=50), options=top_k)) > 0.3
 
 
 def test_from_a_fraction_of_the_window_on_only_later_steps_count():

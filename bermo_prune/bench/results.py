@@ -74,7 +74,7 @@ def schedule_gap(result: dict, after: float = 0.0) -> float | None:
     if not result.get("recipe") or not result.get("loss_curve"):
         return None
     s, every = planned_schedule(result)
-    if _trained_sparsity(result):
+    if _trained_sparsity(result.get("pruner")):
         every = 1
     first = s.start_step + after * (s.end_step - s.start_step)
     gaps = [abs(c["sparsity"] - s(c["step"] - (c["step"] - s.start_step) % every)) for c in result["loss_curve"]
@@ -82,15 +82,13 @@ def schedule_gap(result: dict, after: float = 0.0) -> float | None:
     return max(gaps) if gaps else None
 
 
-def _trained_sparsity(result: dict) -> bool:
+def _trained_sparsity(pruner: str | None) -> bool:
     from bermo_prune.pruning.registry import get_pruner_class
-    from bermo_prune.recipes import Recipe
 
     try:
-        pruner = get_pruner_class(result.get("pruner"))
+        return get_pruner_class(pruner).trained_sparsity
     except BermoPruneError:  # a pruner not installed here: compare with the curve at every step, the stricter
         return True
-    return pruner.sparsity_is_trained(Recipe.model_validate(result["recipe"]).pruner.options)
 
 
 def freeze_jump(result: dict) -> float | None:

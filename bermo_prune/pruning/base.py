@@ -38,11 +38,6 @@ class Pruner:
     # with the schedule at every step, not with the value last asked (a staircase under the curve).
     trained_sparsity: ClassVar[bool] = False
 
-    @classmethod
-    def sparsity_is_trained(cls, options: BaseModel) -> bool:
-        """``trained_sparsity`` for a pruner with these options (an option may choose held masks)."""
-        return cls.trained_sparsity
-
     def __init__(self, recipe):
         self.recipe = recipe
         self.options = recipe.pruner.options
