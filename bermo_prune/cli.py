@@ -21,6 +21,23 @@ console = Console()
 err_console = Console(stderr=True)
 
 ARCH_CHOICE = click.Choice(["bert", "bermo"])
+SEED = click.IntRange(0, 2**32 - 1)  # what numpy's and torch's generators take
+
+
+class PositiveNumber(click.ParamType):
+    """A finite number above 0 (click's FloatRange lets nan through)."""
+
+    name = "number"
+
+    def convert(self, value, param, ctx):
+        number = click.FLOAT.convert(value, param, ctx)
+        if not 0 < number < float("inf"):
+            self.fail(f"{value!r} is not a finite number above 0", param, ctx)
+        return number
+
+
+POSITIVE = PositiveNumber()
+
 # Run statuses other than ok: off_schedule has a valid metric (the freeze set the sparsity), diverged has not.
 STATUS_COLOURS = {"off_schedule": "yellow", "diverged": "red"}
 DEFAULT_CHECKPOINT_EVERY = 200  # a MiniLM checkpoint with optimizer state takes ~1-2 s to write
@@ -79,12 +96,12 @@ def resume_options(f):
 @click.option("--arch", type=ARCH_CHOICE, default=None, help="Default: the checkpoint's own arch (bert for minilm-l6).")
 @task_option
 @data_option
-@click.option("--epochs", type=click.FloatRange(min=0, min_open=True), default=3.0, show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=5e-5, show_default=True)
+@click.option("--epochs", type=POSITIVE, default=3.0, show_default=True)
+@click.option("--lr", type=POSITIVE, default=5e-5, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--max-length", type=click.IntRange(8, 512), default=64, show_default=True)
 @click.option("--max-train-samples", type=click.IntRange(min=1), default=None, help="Deterministic subsample by seed.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @out_options
 @resume_options
 def finetune(checkpoint, arch, task, data_dir, epochs, lr, batch_size, max_length, max_train_samples, seed, out, overwrite,
@@ -113,7 +130,7 @@ def finetune(checkpoint, arch, task, data_dir, epochs, lr, batch_size, max_lengt
 @click.option("--target-sparsity", type=float, default=None, help="Override the recipe's target sparsity.")
 @click.option("--epochs", type=float, default=None, help="Override training.epochs.")
 @click.option("--max-train-samples", type=int, default=None, help="Override training.max_train_samples.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--teacher", default=None, help="Distil from this fine-tuned checkpoint (sets training.distillation.teacher).")
 @click.option("--compact", "compact_model", is_flag=True, help="Save with pruned heads/neurons removed (structured recipes).")
 @out_options
@@ -160,7 +177,7 @@ DEMO_RECIPE = "sst2-demo"
 @click.option("--model", "checkpoint", default="minilm-l6", show_default=True, help="Local dir, hub id, or alias.")
 @click.option("--recipe", "recipe_path", default=DEMO_RECIPE, show_default=True, help="Recipe file or bundled name.")
 @data_option
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--out", default="runs/demo", show_default=True, type=click.Path(), help="Replaced on every run.")
 def demo(checkpoint, recipe_path, data_dir, seed, out):
     """The default job: prune BERT and BERMo from the same checkpoint on SST-2 and compare."""
@@ -341,7 +358,11 @@ def recipe_plot(path, output, steps):
     """Plot sparsity (and lambda) against step."""
     from bermo_prune.recipes import load_recipe, plot_recipe, resolve_recipe
 
-    plot_recipe(load_recipe(resolve_recipe(path)), steps, output)
+    recipe = load_recipe(resolve_recipe(path))
+    try:
+        plot_recipe(recipe, steps, output)
+    except (ValueError, OSError) as exc:  # a format matplotlib does not write, a path it cannot write to
+        raise BermoPruneError(f"cannot write {output}: {str(exc).splitlines()[0]}") from None
     console.print(f"wrote {output}")
 
 

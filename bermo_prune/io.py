@@ -41,12 +41,27 @@ def _jsonable(value):
 
 def check_output_dir(out: str | Path, overwrite: bool) -> Path:
     """Refuse an output dir that already holds something, before any work is done."""
-    out = Path(out)
+    out = _replaceable(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise BermoPruneError(f"{out} already exists and is not empty; pass --overwrite to replace it")
     ancestor = _existing_ancestor(out.resolve().parent)
     if not ancestor.is_dir() or not os.access(ancestor, os.W_OK):
         raise BermoPruneError(f"{out}: cannot write into {ancestor}")
+    return out
+
+
+def _replaceable(out: str | Path) -> Path:
+    """``out`` as a dir that can be replaced whole when a run ends: its work is staged beside it
+    under a name made from its own, and on success it is deleted and the work renamed into place.
+    '.' or 'x/..' have no name of their own, and the current dir or one above it would be deleted
+    with everything in it, the staged work included."""
+    out = Path(out)
+    if out.name in ("", ".", ".."):
+        raise BermoPruneError(f"--out {out}: name the output directory itself (e.g. {out / 'run'}), "
+                              "it is replaced as a whole when the run ends")
+    if Path.cwd().resolve().is_relative_to(out.resolve()):
+        raise BermoPruneError(f"--out {out} holds the current directory and is replaced as a whole when the run "
+                              "ends: name a new directory")
     return out
 
 
@@ -66,9 +81,9 @@ def work_dir_for(out: str | Path) -> Path:
 def resumable_output(out: str | Path, overwrite: bool = False, resume: bool = False, keep=lambda work: False):
     """Like ``staged_output``, but the scratch dir has a fixed name so a later run can resume
     from it. On failure it is kept if ``keep(work)`` says it holds work worth resuming."""
-    out = Path(out)
+    out = _replaceable(out)
     work = work_dir_for(out)
-    if resume and out.exists() and (not out.is_dir() or any(out.iterdir())) and not work.exists():
+    if resume and not overwrite and out.exists() and (not out.is_dir() or any(out.iterdir())) and not work.exists():
         raise BermoPruneError(f"{out} is already complete: nothing to resume (pass --overwrite to run it again)")
     check_output_dir(out, overwrite)
     if work.exists() and not resume:

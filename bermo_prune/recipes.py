@@ -49,7 +49,7 @@ Fraction = Annotated[float, Field(ge=0, le=1)]
 
 
 class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class PrunerSpec(_Spec):

@@ -12,7 +12,7 @@ import torch
 import transformers
 
 import bermo_prune
-from bermo_prune.data import compute_metrics, get_task, load_split, tokenize_dataset
+from bermo_prune.data import compute_metrics, data_source, get_task, load_split, tokenize_dataset
 from bermo_prune.deploy import load_for_inference
 from bermo_prune.errors import BermoPruneError
 from bermo_prune.io import resumable_output, work_dir_for, write_json_atomic
@@ -105,6 +105,7 @@ def _run(checkpoint, arch, task, out, training, recipe, *, seed, data_dir, overw
         return train(work_dir_for(out), resume)[0]
     settings = json.loads(json.dumps({
         "checkpoint": str(checkpoint), "arch": arch, "task": task, "seed": seed, "data_dir": data_dir and str(data_dir),
+        "data": data_source(task, data_dir),
         "training": training.model_dump(), "recipe": recipe_to_dict(recipe) if recipe else None, "compact": compact,
     }))
     resumable = lambda work: last_complete_checkpoint(work / "trainer") is not None  # noqa: E731
@@ -132,7 +133,10 @@ def _check_same_settings(path: Path, settings: dict) -> None:
     if not path.exists():
         return
     saved = json.loads(path.read_text())
-    differ = sorted(k for k in settings.keys() | saved.keys() if settings.get(k) != saved.get(k))
+    keys = settings.keys() | saved.keys()
+    if "data" not in saved:  # a run interrupted before the data source was recorded
+        keys -= {"data"}
+    differ = sorted(k for k in keys if settings.get(k) != saved.get(k))
     if differ:
         raise BermoPruneError(f"--resume: the interrupted run in {path.parent} had different {', '.join(differ)}; "
                               "pass the same options, or --overwrite to start over")

@@ -65,7 +65,7 @@ AHEAD_TOLERANCE = 0.005
 
 
 class L0Options(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     gate_lr: float = Field(0.1, gt=0, description="learning rate of log_alpha")
     # Per-weight gates each see ~1/N of the constraint gradient: the multipliers must grow to
     # O(10-100) within a short run before the constraint competes with the task loss.

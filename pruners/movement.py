@@ -56,7 +56,7 @@ class _MaskAndAccumulate(torch.autograd.Function):
 
 
 class MovementOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     scores: Literal["accumulated", "learned"] = Field("accumulated", description="how scores follow -W * dL/dW'")
     score_lr: float = Field(1e-2, gt=0, description="learning rate of learned scores")
     score_warmup: float = Field(0.0, ge=0, description="steps (>= 1) or fraction of the run (< 1) the scores "

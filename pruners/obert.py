@@ -51,7 +51,7 @@ UPDATE_CHUNK = 8192
 
 
 class OBertOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     num_grads: int = Field(64, ge=1, description="gradients (optimizer steps) in each pruning step's Fisher (m)")
     block_size: int = Field(50, ge=1, description="consecutive weights per Fisher block (B)")
     damp: float = Field(1e-7, gt=0, description="dampening of the empirical Fisher (lambda * I)")
@@ -124,8 +124,16 @@ class OBertPruner(Pruner):
         return OBertMask(module.weight.shape, self.options.block_size, device=module.weight.device)
 
     def on_attach(self):
+        self._check_memory(next(iter(self.modules.values())).weight.device)
+
+    def to(self, *args, **kwargs):
+        # The Trainer moves the model (and the pruner with it) after attach: the inverses will be
+        # made on that device, so its memory is the one that counts.
+        super().to(*args, **kwargs)
+        self._check_memory(torch.empty(0).to(*args, **kwargs).device)
+
+    def _check_memory(self, device: torch.device) -> None:
         needed = sum(p.blocks for p in self.parametrizations().values()) * self.options.block_size ** 2 * 4
-        device = next(iter(self.modules.values())).weight.device
         free = free_memory_bytes(device)
         if free is not None and needed > MEMORY_SHARE * free:
             raise BermoPruneError(

@@ -32,7 +32,7 @@ from bermo_prune.pruning.registry import register_pruner
 
 
 class PlatonOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     beta1: float = Field(0.85, ge=0, lt=1, description="smoothing of the sensitivity I_bar")
     beta2: float = Field(0.95, ge=0, lt=1, description="smoothing of its uncertainty U_bar")
 

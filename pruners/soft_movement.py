@@ -86,7 +86,7 @@ def logit(p: float) -> float:
 
 
 class SoftMovementOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     score_lr: float = Field(5e-2, gt=0, description="learning rate of the scores")
     init_score: float = Field(0.0, description="initial score (sigmoid 0.5: every weight kept at start)")
     threshold: float = Field(0.1, gt=0, lt=1, description="keep a weight while sigmoid(S) > threshold")
@@ -146,6 +146,8 @@ class SoftMovementPruner(Pruner):
                                   "(with 'feedback', lambda follows the sparsity schedule): remove penalty or set strength")
         if o.strength == "schedule" and recipe.penalty is None:
             raise BermoPruneError("soft_movement with options.strength 'schedule' needs a recipe penalty (its lambda ramp)")
+        if o.initial_lambda > o.max_lambda:
+            raise BermoPruneError(f"soft_movement: initial_lambda {o.initial_lambda} is above max_lambda {o.max_lambda}")
         margin = o.init_score - logit(o.threshold)
         if margin <= 0:
             raise BermoPruneError(f"soft_movement: init_score {o.init_score} already prunes at threshold {o.threshold} "

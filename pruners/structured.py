@@ -37,7 +37,7 @@ _NAME = re.compile(r"^(.*\.)?(encoder\.layer\.\d+)\.(" + "|".join(re.escape(r) f
 
 
 class StructuredOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     head_sparsity: float | None = Field(None, ge=0, le=1, description="fraction of heads removed (default: target)")
     neuron_sparsity: float | None = Field(None, ge=0, le=1, description="fraction of FFN neurons removed (default: target)")
     allow_empty_attention: bool = Field(False, description="allow a layer to lose all its heads")

@@ -33,6 +33,8 @@ def workspace(tmp_path_factory, tiny_checkpoint, tiny_glue, tokenizer) -> Path:
     recipe("negative", target_sparsity=-0.1)
     recipe("backwards", schedule={**magnitude["schedule"], "start": 0.8, "end": 0.2})
     recipe("unknown-pruner", pruner={"name": "telepathy"})
+    recipe("infinite-lr", training={**magnitude["training"], "learning_rate": float("inf")})
+    recipe("lambda-above-cap", pruner={"name": "soft_movement", "options": {"initial_lambda": 2e4, "max_lambda": 1e4}})
 
     no_label = root / "glue-no-label" / "SST-2"
     no_label.mkdir(parents=True)
@@ -94,13 +96,23 @@ MISTAKES = [
     ("output dir with results", "prune {ckpt} --recipe sst2-magnitude --data {glue} --out {ws}/finished", ["already exists", "--overwrite"]),
     ("unwritable output dir", "prune {ckpt} --recipe sst2-magnitude --data {glue} --out {ws}/a-file/out", ["cannot write"]),
     ("resume of a finished run", "prune {ckpt} --recipe sst2-magnitude --data {glue} --out {ws}/finished --resume", ["nothing to resume"]),
+    ("learning rate not a number", "finetune --model {ckpt} --data {glue} --lr nan", ["'nan' is not a finite number above 0"]),
+    ("seed out of range", "prune {ckpt} --recipe sst2-magnitude --data {glue} --seed -1", ["--seed", "-1"]),
+    ("infinite learning rate in a recipe", "prune {ckpt} --recipe {ws}/infinite-lr.yaml --data {glue}",
+     ["infinite-lr.yaml", "learning_rate"]),
+    ("soft movement lambda above its cap", "prune {ckpt} --recipe {ws}/lambda-above-cap.yaml --data {glue}",
+     ["initial_lambda 20000.0 is above max_lambda 10000.0"]),
     ("sweep spec naming a missing recipe", "bench {ws}/spec.yaml --out {ws}/bench-out", ["no-such-recipe"]),
     ("bad shard", "bench {ws}/spec.yaml --out {ws}/bench-out --shard 3/2", ["3/2"]),
 ]
 
 
-@pytest.mark.parametrize("command,words", [m[1:] for m in MISTAKES], ids=[m[0] for m in MISTAKES])
-def test_mistake_is_one_line_exit_2_and_leaves_nothing(workspace, tiny_checkpoint, tiny_glue, tmp_path, command, words):
+# Mistakes that click catches while parsing: its error line comes with a usage hint.
+CLICK_CHECKED = ("missing data dir", "learning rate not a number", "seed out of range")
+
+
+@pytest.mark.parametrize("name,command,words", MISTAKES, ids=[m[0] for m in MISTAKES])
+def test_mistake_is_one_line_exit_2_and_leaves_nothing(workspace, tiny_checkpoint, tiny_glue, tmp_path, name, command, words):
     args = command.format(ws=workspace, ckpt=tiny_checkpoint, glue=tiny_glue).split()
     if "--out" not in args and args[0] != "evaluate":
         args += ["--out", str(tmp_path / "out")]
@@ -108,13 +120,32 @@ def test_mistake_is_one_line_exit_2_and_leaves_nothing(workspace, tiny_checkpoin
         args += FAST
     before = sorted(p.relative_to(workspace) for p in workspace.rglob("*"))
     result = run(*args)
-    assert_user_error(result, *words, usage="no-such-dir" in command)  # click checks that option itself
+    assert_user_error(result, *words, usage=name in CLICK_CHECKED)
     assert sorted(p.relative_to(workspace) for p in workspace.rglob("*")) == before  # nothing written or removed
     assert not any(tmp_path.iterdir()), "partial output left behind"
 
 
 def test_the_matrix_covers_at_least_fifteen_mistakes():
     assert len(MISTAKES) >= 15
+
+
+def test_a_plot_in_a_format_matplotlib_cannot_write_is_refused(tmp_path):
+    result = run("recipe", "plot", "sst2-magnitude", "-o", tmp_path / "plot.txt")
+    assert_user_error(result, "cannot write", "plot.txt")
+    assert not any(tmp_path.iterdir())
+
+
+def test_an_output_dir_holding_the_current_dir_is_refused(tiny_checkpoint, tiny_glue, tmp_path, monkeypatch):
+    """The output dir is replaced whole when a run ends: '.', 'x/..' or a dir above the current one
+    would have been deleted with everything in it (the finished run included)."""
+    here = tmp_path / "here"
+    (here / "keep").mkdir(parents=True)
+    (here / "keep" / "notes.txt").write_text("mine")
+    monkeypatch.chdir(here / "keep")
+    for out in (".", "..", "sub/..", str(here)):
+        result = run("prune", tiny_checkpoint, "--recipe", "sst2-magnitude", "--data", tiny_glue, *FAST, "--out", out)
+        assert_user_error(result, f"--out {out}")
+    assert sorted(p.relative_to(here).as_posix() for p in here.rglob("*")) == ["keep", "keep/notes.txt"]
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root may write into a read-only dir")

@@ -451,6 +451,16 @@ def test_obert_collects_only_before_pruning_steps_and_refuses_what_would_not_fit
     with pytest.raises(BermoPruneError, match=r"obert: the block Fisher inverses need .* GB"):
         get_pruner_class("obert")(r).attach(tiny_bert(), 50)
 
+    # The Trainer attaches on the CPU and then moves model and pruner: the device moved to counts.
+    asked = []
+    monkeypatch.setattr(obert, "free_memory_bytes", lambda device: asked.append(device.type) or 10 ** 12)
+    moved = get_pruner_class("obert")(r)
+    moved.attach(tiny_bert(), 50)
+    monkeypatch.setattr(obert, "free_memory_bytes", lambda device: asked.append(device.type) or 10_000)
+    with pytest.raises(BermoPruneError, match=r"obert: the block Fisher inverses need .* GB .* meta memory"):
+        moved.to("meta")
+    assert asked == ["cpu", "meta"]
+
 
 def test_learned_movement_scores_get_minus_the_movement_as_gradient():
     """scores: learned -> S is a parameter whose gradient is dL/dW' * W (so the optimizer's

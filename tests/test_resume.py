@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -148,6 +149,32 @@ def test_resume_refuses_other_settings(tiny_checkpoint, tiny_glue, tmp_path, mon
     with pytest.raises(BermoPruneError, match="different recipe"):
         prune(tiny_checkpoint, tiny_glue, other, out, checkpoint_every=CHECKPOINT_EVERY, resume=True)
     assert work_dir_for(out).exists()  # the interrupted work is still there
+
+
+def test_resume_refuses_other_data_even_when_no_folder_was_named(tiny_checkpoint, tiny_glue, tmp_path, monkeypatch):
+    """Without --data the data comes from $BERMO_PRUNE_DATA (or the bundled copy): a resume after
+    that changed would continue on other data."""
+    recipe_path = write_recipe(tmp_path / "r.yaml", "magnitude")
+    out = tmp_path / "run"
+    prune_until_interrupted(monkeypatch, tiny_checkpoint, tiny_glue, recipe_path, out)
+    other = tmp_path / "other-glue"
+    shutil.copytree(tiny_glue, other)
+    monkeypatch.setenv("BERMO_PRUNE_DATA", str(other))
+    with pytest.raises(BermoPruneError, match="different data"):
+        runs.prune(str(tiny_checkpoint), load_recipe(recipe_path), "sst2", out, progress=False, seed=3,
+                   checkpoint_every=CHECKPOINT_EVERY, resume=True)
+    assert work_dir_for(out).exists()
+
+
+def test_resume_with_overwrite_on_a_finished_run_runs_it_again(tiny_checkpoint, tiny_glue, tmp_path):
+    recipe_path = write_recipe(tmp_path / "r.yaml", "magnitude")
+    out = tmp_path / "run"
+    prune(tiny_checkpoint, tiny_glue, recipe_path, out)
+    with pytest.raises(BermoPruneError, match="nothing to resume"):
+        prune(tiny_checkpoint, tiny_glue, recipe_path, out, resume=True)
+    prune(tiny_checkpoint, tiny_glue, recipe_path, tmp_path / "again")
+    prune(tiny_checkpoint, tiny_glue, recipe_path, out, resume=True, overwrite=True)  # scripts that pass both
+    assert_same_outcome(out, tmp_path / "again")
 
 
 def test_sigkill_mid_window_then_resume(tiny_checkpoint, tiny_glue, tmp_path):

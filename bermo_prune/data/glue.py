@@ -103,13 +103,23 @@ def load_split(task: str, split: str, data_dir: str | os.PathLike | None = None)
         raise BermoPruneError(
             f"unknown split {split!r} for {spec.dirname}: choose train or dev (GLUE test labels are not public)"
         )
+    source = data_source(task, data_dir)
+    if source == HUB_DATASET:
+        return _load_from_hub(spec, split)
+    return _read_tsv(_find_file(BUNDLED_DIR if source == "bundled" else Path(source), spec, split), spec)
+
+
+def data_source(task: str, data_dir: str | os.PathLike | None = None) -> str:
+    """Where ``task``'s data is read from: ``data_dir``, else $BERMO_PRUNE_DATA, else the copy
+    bundled with the package ('bundled'), else the hub (its dataset id). A run records it, so that
+    a resumed run can tell when it would continue on other data."""
     if data_dir is None:
         data_dir = os.environ.get(DATA_ENV) or None
     if data_dir is not None:
-        return _read_tsv(_find_file(Path(data_dir).expanduser(), spec, split), spec)
-    if (BUNDLED_DIR / spec.dirname).is_dir():
-        return _read_tsv(_find_file(BUNDLED_DIR, spec, split), spec)
-    return _load_from_hub(spec, split)
+        return str(Path(data_dir).expanduser().absolute())
+    if (BUNDLED_DIR / get_task(task).dirname).is_dir():
+        return "bundled"
+    return HUB_DATASET
 
 
 def _find_file(root: Path, spec: TaskSpec, split: str) -> Path:

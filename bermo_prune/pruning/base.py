@@ -27,7 +27,7 @@ from bermo_prune.pruning import masks as M
 
 
 class NoOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class Pruner:
