@@ -89,6 +89,8 @@ class SoftMovementOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     score_lr: float = Field(5e-2, gt=0, description="learning rate of the scores")
     init_score: float = Field(0.0, description="initial score (sigmoid 0.5: every weight kept at start)")
+    init_spread: float = Field(0.0, ge=0, description="scores start lower by up to this much, the smaller the "
+                               "weight's |W| in its matrix the lower (0: every score starts at init_score)")
     threshold: float = Field(0.1, gt=0, lt=1, description="keep a weight while sigmoid(S) > threshold")
     strength: Literal["feedback", "schedule"] = Field(
         "feedback", description="feedback: lambda follows the sparsity schedule; schedule: the recipe's penalty ramp")
@@ -152,14 +154,27 @@ class SoftMovementPruner(Pruner):
         if margin <= 0:
             raise BermoPruneError(f"soft_movement: init_score {o.init_score} already prunes at threshold {o.threshold} "
                                   "(sigmoid(init_score) must exceed it)")
-        self.lookahead = o.lookahead if o.lookahead is not None else math.ceil(margin / o.score_lr)
+        if o.init_spread >= margin:
+            raise BermoPruneError(f"soft_movement: init_spread {o.init_spread} would start the smallest weights' scores "
+                                  f"past the threshold (the margin is {margin:.2f})")
+        # The first crossings come from the scores that start lowest.
+        nearest = margin - o.init_spread
+        self.lookahead = o.lookahead if o.lookahead is not None else math.ceil(nearest / o.score_lr)
         self.strength = FeedbackStrength(o.initial_lambda, o.gain, min(o.initial_lambda, 1e-3), o.max_lambda)
         self.predicted_sparsity: float | None = None
         self.paused = False  # feedback: the sparsity ran ahead of the schedule, the penalty waits
 
     def make_parametrization(self, name, module):
         o = self.options
-        return ThresholdMask(module.weight.shape, o.init_score, o.threshold, device=module.weight.device)
+        mask = ThresholdMask(module.weight.shape, o.init_score, o.threshold, device=module.weight.device)
+        if o.init_spread > 0:
+            with torch.no_grad():
+                magnitude = module.weight.detach().abs().reshape(-1)
+                rank = torch.empty_like(magnitude)
+                rank[magnitude.argsort()] = torch.linspace(0, 1, magnitude.numel(), device=magnitude.device)
+                mask.scores.sub_(o.init_spread * (1 - rank).view_as(mask.scores))
+                mask.scores_then.copy_(mask.scores)
+        return mask
 
     def update(self, sparsity):
         pass  # sparsity emerges from the penalty until the window closes
