@@ -3,6 +3,7 @@ exit code 2, no traceback, and nothing left behind in the output location."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -57,6 +58,15 @@ def workspace(tmp_path_factory, tiny_checkpoint, tiny_glue, tokenizer) -> Path:
     BermoForSequenceClassification(BermoConfig.from_bert_config(tiny_config(), num_labels=2)).save_pretrained(bermo)
     tokenizer.save_pretrained(bermo)
 
+    # Weights that do not fit their config: transformers would make up the rest at random.
+    for name, key, grow in (("wider-config", "intermediate_size", lambda n: 2 * n),
+                            ("deeper-config", "num_hidden_layers", lambda n: n + 1)):
+        edited = root / name
+        shutil.copytree(tiny_checkpoint, edited)
+        config = json.loads((edited / "config.json").read_text())
+        config[key] = grow(config[key])
+        (edited / "config.json").write_text(json.dumps(config))
+
     three_labels = root / "three-labels"
     BertForSequenceClassification(tiny_config(num_labels=3)).save_pretrained(three_labels)
     tokenizer.save_pretrained(three_labels)
@@ -89,6 +99,8 @@ MISTAKES = [
     ("empty data file", "finetune --model {ckpt} --data {ws}/glue-empty", ["train.tsv", "empty"]),
     ("checkpoint dir that is no model", "prune {ws}/not-a-model --recipe sst2-magnitude --data {glue}", ["not a model directory"]),
     ("truncated safetensors", "finetune --model {ws}/truncated --data {glue}", ["truncated", "cannot load"]),
+    ("weights narrower than the config", "finetune --model {ws}/wider-config --data {glue}", ["wider-config", "intermediate.dense"]),
+    ("fewer layers than the config", "prune {ws}/deeper-config --recipe sst2-magnitude --data {glue}", ["deeper-config", "missing"]),
     ("BERMo checkpoint as BERT", "prune {ws}/bermo --arch bert --recipe sst2-magnitude --data {glue}", ["BERMo checkpoint"]),
     ("BERMo checkpoint evaluated as BERT", "evaluate {ws}/bermo --arch bert --data {glue}", ["BERMo checkpoint", "not BERT"]),
     ("BERT checkpoint evaluated as BERMo", "evaluate {ckpt} --arch bermo --data {glue}", ["BERT checkpoint", "not BERMo"]),

@@ -152,20 +152,34 @@ def check_tokenizer_fits(checkpoint: str, tokenizer, rows: int) -> None:
                               f"{rows:,} rows: not this model's tokenizer; copy the base model's tokenizer files into it")
 
 
+# What a checkpoint may lack or hold in another shape, the rest being made up at random: the
+# classifier head (a pretrained encoder has none; one trained for another label count is replaced,
+# fine-tuning a checkpoint from one task on another being a normal thing to do), the pooler of an
+# encoder saved without one, and BERMo's scalar mix on a BERT checkpoint.
+NEW_PARAMETERS = ("classifier.", "bert.pooler.", "scalar_mix.")
+
+
 def _load(model_class, checkpoint: str, **kwargs):
-    # A head trained for another label count is replaced, not an error: fine-tuning a checkpoint
-    # from one task on another is a normal thing to do.
     logging.getLogger("transformers.modeling_utils").setLevel(logging.ERROR)
-    return _hub_call(
+    model, info = _hub_call(
         checkpoint,
         # safetensors only: a pickled checkpoint is never opened, so it can never run code.
         # float32 whatever the file holds: masks and gates are float32, and mixed-precision training
         # is the Trainer's job (bf16/fp16 autocast), not the stored weights'.
         lambda: model_class.from_pretrained(
             checkpoint, ignore_mismatched_sizes=True, trust_remote_code=False, use_safetensors=True,
-            dtype=torch.float32, **kwargs
+            dtype=torch.float32, output_loading_info=True, **kwargs
         ),
     )
+    # Anything else made up at random would train or score silently with random encoder weights.
+    mismatched = sorted(key[0] if isinstance(key, tuple) else key for key in info.get("mismatched_keys") or ())
+    made_up = sorted(set(info.get("missing_keys") or ()) | set(mismatched))
+    wrong = [key for key in made_up if not key.startswith(NEW_PARAMETERS)]
+    if wrong:
+        shown = ", ".join(wrong[:3]) + (f" and {len(wrong) - 3} more" if len(wrong) > 3 else "")
+        raise BermoPruneError(f"cannot load {checkpoint}: its weights do not fit its config.json ({shown} missing or "
+                              "of another shape)")
+    return model
 
 
 def _hub_call(checkpoint: str, load):
