@@ -49,8 +49,9 @@ lambda, and a penalty starting 20 steps earlier still (so that the first predict
 Adam's first steps are past, is of the window's opening), were tried and did not close that gap;
 masks set to the top-k of the same scores at the schedule's value follow it by construction, but
 took weights whose scores were still on their way down (some pushed by the task gradient, not the
-penalty) and collapsed BERT at 80% and 90% (benchmarks/results/soft_movement_probe). The margin is
-what keeps such weights out; the lag at the opening is its price.
+penalty) and collapsed BERT at 80% and 90%; scores started apart (lower for smaller |W|) filled the
+opening at 50% but trailed further in at 80-90% (benchmarks/results/soft_movement_probe). The
+margin is what keeps harmful weights out; the lag at the opening is its price.
 
 When the scores start. Measured on MiniLM-L6 / SST-2: with the window at 10-70% of the study's
 500 steps, the scores learned from step 6, inside the learning-rate warm-up and with the task loss
@@ -89,8 +90,6 @@ class SoftMovementOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     score_lr: float = Field(5e-2, gt=0, description="learning rate of the scores")
     init_score: float = Field(0.0, description="initial score (sigmoid 0.5: every weight kept at start)")
-    init_spread: float = Field(0.0, ge=0, description="scores start lower by up to this much, the smaller the "
-                               "weight's |W| in its matrix the lower (0: every score starts at init_score)")
     threshold: float = Field(0.1, gt=0, lt=1, description="keep a weight while sigmoid(S) > threshold")
     strength: Literal["feedback", "schedule"] = Field(
         "feedback", description="feedback: lambda follows the sparsity schedule; schedule: the recipe's penalty ramp")
@@ -154,27 +153,14 @@ class SoftMovementPruner(Pruner):
         if margin <= 0:
             raise BermoPruneError(f"soft_movement: init_score {o.init_score} already prunes at threshold {o.threshold} "
                                   "(sigmoid(init_score) must exceed it)")
-        if o.init_spread >= margin:
-            raise BermoPruneError(f"soft_movement: init_spread {o.init_spread} would start the smallest weights' scores "
-                                  f"past the threshold (the margin is {margin:.2f})")
-        # The first crossings come from the scores that start lowest.
-        nearest = margin - o.init_spread
-        self.lookahead = o.lookahead if o.lookahead is not None else math.ceil(nearest / o.score_lr)
+        self.lookahead = o.lookahead if o.lookahead is not None else math.ceil(margin / o.score_lr)
         self.strength = FeedbackStrength(o.initial_lambda, o.gain, min(o.initial_lambda, 1e-3), o.max_lambda)
         self.predicted_sparsity: float | None = None
         self.paused = False  # feedback: the sparsity ran ahead of the schedule, the penalty waits
 
     def make_parametrization(self, name, module):
         o = self.options
-        mask = ThresholdMask(module.weight.shape, o.init_score, o.threshold, device=module.weight.device)
-        if o.init_spread > 0:
-            with torch.no_grad():
-                magnitude = module.weight.detach().abs().reshape(-1)
-                rank = torch.empty_like(magnitude)
-                rank[magnitude.argsort()] = torch.linspace(0, 1, magnitude.numel(), device=magnitude.device)
-                mask.scores.sub_(o.init_spread * (1 - rank).view_as(mask.scores))
-                mask.scores_then.copy_(mask.scores)
-        return mask
+        return ThresholdMask(module.weight.shape, o.init_score, o.threshold, device=module.weight.device)
 
     def update(self, sparsity):
         pass  # sparsity emerges from the penalty until the window closes
