@@ -368,5 +368,8 @@ def plot_recipe(recipe: Recipe, total_steps: int, path: str | Path) -> None:
         handles, labels = handles + more_handles, labels + more_labels
         legend_axes = twin  # drawn last, so the penalty curve cannot hide the legend
     legend_axes.legend(handles, labels, loc="lower right", fontsize="small")
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=120)
+    except (ValueError, OSError) as exc:  # a format matplotlib does not write, a path it cannot write to
+        raise BermoPruneError(f"cannot write {path}: {str(exc).splitlines()[0]}") from None

@@ -47,11 +47,11 @@ import math
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 from torch import nn
 
 from bermo_prune.pruning import masks as M
-from bermo_prune.pruning.base import Pruner
+from bermo_prune.pruning.base import Pruner, PrunerOptions
 from bermo_prune.pruning.registry import register_pruner
 
 BETA, GAMMA, ZETA = 2.0 / 3.0, -0.1, 1.1
@@ -64,8 +64,7 @@ PROJECTION_SAMPLE = 2**18
 AHEAD_TOLERANCE = 0.005
 
 
-class L0Options(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+class L0Options(PrunerOptions):
     gate_lr: float = Field(0.1, gt=0, description="learning rate of log_alpha")
     # Per-weight gates each see ~1/N of the constraint gradient: the multipliers must grow to
     # O(10-100) within a short run before the constraint competes with the task loss.

@@ -33,10 +33,10 @@ import dataclasses
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 from torch import nn
 
-from bermo_prune.pruning.base import Pruner
+from bermo_prune.pruning.base import Pruner, PrunerOptions
 from bermo_prune.pruning.distributed import average_
 from bermo_prune.pruning.registry import register_pruner
 
@@ -55,8 +55,7 @@ class _MaskAndAccumulate(torch.autograd.Function):
         return grad_output * mask, None, None
 
 
-class MovementOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+class MovementOptions(PrunerOptions):
     scores: Literal["accumulated", "learned"] = Field("accumulated", description="how scores follow -W * dL/dW'")
     score_lr: float = Field(1e-2, gt=0, description="learning rate of learned scores")
     score_warmup: float = Field(0.0, ge=0, description="steps (>= 1) or fraction of the run (< 1) the scores "

@@ -37,11 +37,11 @@ import math
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from bermo_prune.errors import BermoPruneError
 from bermo_prune.pruning import masks as M
-from bermo_prune.pruning.base import Pruner
+from bermo_prune.pruning.base import Pruner, PrunerOptions
 from bermo_prune.pruning.registry import register_pruner
 
 # Never plan to fill more than this share of the free memory with Fisher inverses.
@@ -50,8 +50,7 @@ MEMORY_SHARE = 0.8
 UPDATE_CHUNK = 8192
 
 
-class OBertOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+class OBertOptions(PrunerOptions):
     num_grads: int = Field(64, ge=1, description="gradients (optimizer steps) in each pruning step's Fisher (m)")
     block_size: int = Field(50, ge=1, description="consecutive weights per Fisher block (B)")
     damp: float = Field(1e-7, gt=0, description="dampening of the empirical Fisher (lambda * I)")

@@ -24,15 +24,14 @@ handful of element-wise operations per targeted weight and step; nothing after t
 """
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from bermo_prune.pruning import masks as M
-from bermo_prune.pruning.base import Pruner
+from bermo_prune.pruning.base import Pruner, PrunerOptions
 from bermo_prune.pruning.registry import register_pruner
 
 
-class PlatonOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+class PlatonOptions(PrunerOptions):
     beta1: float = Field(0.85, ge=0, lt=1, description="smoothing of the sensitivity I_bar")
     beta2: float = Field(0.95, ge=0, lt=1, description="smoothing of its uncertainty U_bar")
 

@@ -66,10 +66,10 @@ import math
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from bermo_prune.errors import BermoPruneError
-from bermo_prune.pruning.base import Pruner
+from bermo_prune.pruning.base import Pruner, PrunerOptions
 from bermo_prune.pruning.feedback import FeedbackStrength
 from bermo_prune.pruning.registry import register_pruner
 from .movement import LearnedScoreMask
@@ -86,8 +86,7 @@ def logit(p: float) -> float:
     return math.log(p) - math.log1p(-p)
 
 
-class SoftMovementOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+class SoftMovementOptions(PrunerOptions):
     score_lr: float = Field(5e-2, gt=0, description="learning rate of the scores")
     init_score: float = Field(0.0, description="initial score (sigmoid 0.5: every weight kept at start)")
     threshold: float = Field(0.1, gt=0, lt=1, description="keep a weight while sigmoid(S) > threshold")

@@ -18,13 +18,13 @@ import re
 from dataclasses import dataclass
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import nn
 from torch.nn.utils import parametrize
 
 from bermo_prune.errors import BermoPruneError
 from bermo_prune.pruning import masks as M
-from bermo_prune.pruning.base import Pruner
+from bermo_prune.pruning.base import Pruner, PrunerOptions
 from bermo_prune.pruning.distributed import average_
 from bermo_prune.pruning.registry import register_pruner
 from .movement import MovementMask
@@ -36,8 +36,7 @@ ROLES = {
 _NAME = re.compile(r"^(.*\.)?(encoder\.layer\.\d+)\.(" + "|".join(re.escape(r) for r in ROLES) + r")$")
 
 
-class StructuredOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+class StructuredOptions(PrunerOptions):
     head_sparsity: float | None = Field(None, ge=0, le=1, description="fraction of heads removed (default: target)")
     neuron_sparsity: float | None = Field(None, ge=0, le=1, description="fraction of FFN neurons removed (default: target)")
     allow_empty_attention: bool = Field(False, description="allow a layer to lose all its heads")

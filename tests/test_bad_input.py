@@ -35,6 +35,7 @@ def workspace(tmp_path_factory, tiny_checkpoint, tiny_glue, tokenizer) -> Path:
     recipe("backwards", schedule={**magnitude["schedule"], "start": 0.8, "end": 0.2})
     recipe("unknown-pruner", pruner={"name": "telepathy"})
     recipe("infinite-lr", training={**magnitude["training"], "learning_rate": float("inf")})
+    recipe("nan-option", pruner={"name": "soft_movement", "options": {"init_score": float("nan")}})  # no bound to catch it
     recipe("lambda-above-cap", pruner={"name": "soft_movement", "options": {"initial_lambda": 2e4, "max_lambda": 1e4}})
 
     no_label = root / "glue-no-label" / "SST-2"
@@ -112,6 +113,7 @@ MISTAKES = [
     ("seed out of range", "prune {ckpt} --recipe sst2-magnitude --data {glue} --seed -1", ["--seed", "-1"]),
     ("infinite learning rate in a recipe", "prune {ckpt} --recipe {ws}/infinite-lr.yaml --data {glue}",
      ["infinite-lr.yaml", "learning_rate"]),
+    ("pruner option not a number", "prune {ckpt} --recipe {ws}/nan-option.yaml --data {glue}", ["nan-option.yaml", "init_score"]),
     ("soft movement lambda above its cap", "prune {ckpt} --recipe {ws}/lambda-above-cap.yaml --data {glue}",
      ["initial_lambda 20000.0 is above max_lambda 10000.0"]),
     ("sweep spec naming a missing recipe", "bench {ws}/spec.yaml --out {ws}/bench-out", ["no-such-recipe"]),

@@ -26,8 +26,15 @@ from bermo_prune.errors import BermoPruneError
 from bermo_prune.pruning import masks as M
 
 
-class NoOptions(BaseModel):
+class PrunerOptions(BaseModel):
+    """Base of a pruner's ``Options``: a recipe's misspelt key, nan or inf is an error, not a
+    silently ignored or poisoned setting."""
+
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class NoOptions(PrunerOptions):
+    pass
 
 
 class Pruner:
